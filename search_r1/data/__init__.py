@@ -1,0 +1,1 @@
+"""Dataset schemas, readers and builders shared by every stage."""
