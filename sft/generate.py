@@ -1,0 +1,176 @@
+"""Teacher trajectories: the shared rollout, driven by a teacher engine, into an append-only JSONL.
+
+    python -m sft.generate --config configs/sft/tiny.yaml [generate.n_samples=4 ...]
+
+Same prompt, same retriever, same observation format and same protocol config as RL: each episode
+is ``search_r1.agent.rollout.run_episode``; only the engine differs. Tokens are the *student's*
+tokens (the teacher's text is tokenised with the student tokenizer), so a trajectory is exactly
+what the student would see in RL.
+
+Crash safety: a question's ``n`` samples are written together, in question order, one JSON line
+each, flushed and fsynced per batch. On restart the file is read back, a torn last line is cut
+off, finished ``(uid, sample)`` pairs are skipped and the rest is generated. Sample ``k`` uses seed
+``seed + k`` and the oracle is deterministic given its seed, so an interrupted-and-resumed run
+writes the same file as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from search_r1.agent.engines.base import Engine, SamplingParams
+from search_r1.agent.protocol import ProtocolConfig
+from search_r1.agent.rollout import Retriever, run_episode
+from search_r1.agent.trajectory import Trajectory
+from search_r1.config import parse_config
+from search_r1.data.schema import read_parquet, uid_of
+from search_r1.rewards.metrics import exact_match
+from sft.config import DEFAULT_CONFIG, SFTConfig, TeacherConfig
+from sft.oracle import OracleTeacher, load_oracle_questions
+
+
+@dataclass
+class Question:
+    """One dataset row, reduced to what generation and the filters need."""
+
+    uid: str
+    messages: list[dict[str, str]]
+    golds: list[str]
+    meta: dict[str, Any]  # question text, hops, support doc ids, known, ...
+
+
+def load_questions(parquet: Path, max_questions: int = 0) -> list[Question]:
+    rows = read_parquet(parquet)
+    rows = rows[:max_questions] if max_questions else rows
+    out = []
+    for row in rows:
+        meta = {k: (list(v) if hasattr(v, "tolist") else v) for k, v in row["extra_info"].items()}
+        out.append(Question(uid_of(row), row["prompt"], row["reward_model"]["ground_truth"]["target"], meta))
+    return out
+
+
+def read_records(path: Path) -> Iterator[dict[str, Any]]:
+    with Path(path).open(encoding="utf-8") as f:
+        for line in f:
+            yield json.loads(line)
+
+
+def recover(path: Path) -> set[tuple[str, int]]:
+    """Cut a torn last line (a crash mid-write) and return the finished ``(uid, sample)`` pairs."""
+    if not path.exists():
+        return set()
+    data = path.read_bytes()
+    keep = data[: data.rfind(b"\n") + 1]
+    if len(keep) != len(data):
+        with path.open("r+b") as f:
+            f.truncate(len(keep))
+    return {(r["uid"], r["sample_index"]) for r in read_records(path)}
+
+
+def make_teacher(cfg: TeacherConfig, tokenizer: PreTrainedTokenizerBase, world_dir: Path) -> Engine:
+    if cfg.kind == "oracle":
+        return OracleTeacher(tokenizer, load_oracle_questions(world_dir / "questions.jsonl"), cfg.p_search_known)
+    if cfg.kind == "openai":
+        from search_r1.agent.engines.registry import make_engine
+
+        return make_engine(
+            "openai",
+            model=cfg.model,
+            base_url=cfg.base_url,
+            api_key=os.environ.get(cfg.api_key_env, ""),
+            tokenizer=tokenizer,
+        )
+    raise ValueError(f"unknown teacher kind {cfg.kind!r}: oracle | openai")
+
+
+async def _episodes(
+    q: Question, engine: Engine, tokenizer: PreTrainedTokenizerBase, retriever: Retriever | None,
+    protocol: ProtocolConfig, cfg: SFTConfig, todo: list[int],
+) -> list[Trajectory]:
+    prompt_ids = list(tokenizer.apply_chat_template(q.messages, add_generation_prompt=True, tokenize=True,
+                                                    return_dict=False))
+    out = []
+    for k in todo:  # a question's samples run one after another; questions run concurrently
+        sampling = SamplingParams(temperature=cfg.generate.temperature, seed=cfg.generate.seed + k)
+        traj = await run_episode(engine, tokenizer, retriever, prompt_ids, protocol, sampling, q.uid, k)
+        traj.extra.update(messages=q.messages, golds=q.golds, meta=q.meta, teacher=cfg.teacher.kind)
+        out.append(traj)
+    return out
+
+
+async def generate(
+    cfg: SFTConfig, engine: Engine, tokenizer: PreTrainedTokenizerBase, retriever: Retriever | None,
+    questions: list[Question], protocol: ProtocolConfig, stop_after_batches: int | None = None,
+) -> Path:
+    """Append every missing ``(question, sample)`` to ``cfg.trajectories``; returns its path.
+
+    ``stop_after_batches`` simulates a crash (tests): return early, as a killed process would.
+    """
+    out = cfg.trajectories
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = recover(out)
+    n = cfg.generate.n_samples
+    pending = [(q, [k for k in range(n) if (q.uid, k) not in done]) for q in questions]
+    pending = [(q, todo) for q, todo in pending if todo]
+    bs = cfg.generate.batch_size
+    with out.open("a", encoding="utf-8") as f, tqdm(total=len(pending), desc="teacher", unit="q") as bar:
+        for b, start in enumerate(range(0, len(pending), bs)):
+            if stop_after_batches is not None and b >= stop_after_batches:
+                break
+            batch = pending[start : start + bs]
+            results = await asyncio.gather(
+                *(_episodes(q, engine, tokenizer, retriever, protocol, cfg, todo) for q, todo in batch)
+            )
+            for trajs in results:  # in question order, so a resumed run writes the same bytes
+                for t in trajs:
+                    f.write(json.dumps(t.to_dict(), ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+            bar.update(len(batch))
+    return out
+
+
+def summarize(path: Path) -> dict[str, Any]:
+    """Counts for the end-of-run summary: finish reasons, searches, exact match against gold."""
+    recs = list(read_records(path))
+    if not recs:
+        return {"trajectories": 0}
+    em = [exact_match(r["final_answer"], r["extra"]["golds"]) for r in recs]
+    searches = Counter(sum(t["action"] == "search" for t in r["turns"]) for r in recs)
+    return {
+        "trajectories": len(recs),
+        "questions": len({r["uid"] for r in recs}),
+        "exact_match": round(sum(em) / len(recs), 4),
+        "finish_reasons": dict(Counter(r["finish_reason"] for r in recs)),
+        "searches": dict(sorted(searches.items())),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg = parse_config(SFTConfig, "Generate teacher trajectories (resumable).", DEFAULT_CONFIG, argv)
+    from search_r1.retrieval.client import AsyncRetrieverClient
+
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model)
+    protocol = ProtocolConfig.from_yaml(cfg.generate.protocol)
+    questions = load_questions(Path(cfg.world_dir) / f"{cfg.generate.split}.parquet", cfg.generate.max_questions)
+    engine = make_teacher(cfg.teacher, tokenizer, Path(cfg.world_dir))
+    retriever = AsyncRetrieverClient(cfg.generate.retriever_url, topk=protocol.topk)
+    t0 = time.perf_counter()
+    path = asyncio.run(generate(cfg, engine, tokenizer, retriever, questions, protocol))
+    summary = summarize(path) | {"wall_s": round(time.perf_counter() - t0, 1)}
+    print(f"[sft.generate] {path}\n{json.dumps(summary, indent=1)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""The oracle teacher: an :class:`~search_r1.agent.engines.base.Engine` that knows the world's answers.
+
+It plugs into the shared rollout like any model. Each ``generate`` call decodes the conversation so
+far, finds the question in the prompt, counts the searches already made, and writes the next ideal
+step — ``<think>…</think>\\n<search> q </search>`` for the next hop's query, or
+``<think>…</think>\\n<answer> a </answer>`` once every hop has been searched. It never writes
+``<information>``: observations come from the real retriever, exactly as in RL.
+
+Variety, so the student learns the process and not one sentence: the thoughts are drawn from a few
+wordings, and for facts the base model already knows (``known`` questions) the oracle answers
+without searching with probability ``1 - p_search_known``. The randomness is a pure function of
+the question, the sampling seed and the turn, so a rerun (after a crash) writes the same
+trajectory, and samples with different seeds differ.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from search_r1.agent.engines.base import GenerationResult, SamplingParams
+from search_r1.agent.protocol import ANSWER_CLOSE, INFO_CLOSE, SEARCH_CLOSE, TextTokenizer
+
+# What each relation asks for, to word the thoughts ("the capital", "the founder", ...).
+_ASKS = {
+    "capital": "the capital",
+    "river": "the river",
+    "country": "the country",
+    "founded": "the founding year",
+    "founder": "the founder",
+    "headquarters": "the headquarters",
+    "birthplace": "the birthplace",
+    "born": "the birth year",
+    "occupation": "the occupation",
+}
+# Short on purpose: the tiny preset allows 64 tokens a turn and fictional names cost many tokens.
+_SEARCH_FIRST = (
+    "I need {ask} of {q}.",
+    "I do not know {ask} of {q}. Let me search.",
+    "Let me look up {q}.",
+    "I should search for {ask} of {q}.",
+)
+_SEARCH_NEXT = (
+    "The first step gives {q}. Now I need {ask} of it.",
+    "So it is {q}. Let me look that up.",
+    "Next I search for {q}.",
+)
+_ANSWER_AFTER_SEARCH = (
+    "The results say it is {a}.",
+    "I found the answer.",
+    "According to the passage, it is {a}.",
+)
+_ANSWER_KNOWN = (
+    "I know this one.",
+    "I remember the answer, no search needed.",
+    "This is well known: {a}.",
+)
+
+
+@dataclass(frozen=True)
+class OracleQuestion:
+    question: str
+    answer: str
+    queries: tuple[str, ...]  # the ideal query for each hop
+    relations: tuple[str, ...]  # what each hop asks for
+    known: bool  # the base model knows the fact by heart
+
+
+def load_oracle_questions(questions_jsonl: Path) -> dict[str, OracleQuestion]:
+    """The world's questions keyed by their text (what the oracle finds in the prompt)."""
+    out = {}
+    for line in Path(questions_jsonl).open(encoding="utf-8"):
+        r = json.loads(line)
+        out[r["question"].strip()] = OracleQuestion(
+            r["question"].strip(), r["answer"], tuple(r["queries"]), tuple(r["relation"].split(".")), r["known"]
+        )
+    return out
+
+
+def _rng(*parts: object) -> random.Random:
+    return random.Random(hashlib.sha256(repr(parts).encode()).digest())
+
+
+class OracleTeacher:
+    """Writes ideal steps for the embedded world's questions (see the module docstring)."""
+
+    def __init__(self, tokenizer: TextTokenizer, questions: dict[str, OracleQuestion], p_search_known: float = 0.5):
+        self.tokenizer = tokenizer
+        self.questions = questions
+        self.p_search_known = p_search_known
+
+    def find_question(self, conversation: str) -> OracleQuestion:
+        """The question the prompt asks: the text after the first ``Question:`` up to the line's end."""
+        start = conversation.find("Question:")
+        if start < 0:
+            raise ValueError("no 'Question:' in the prompt")
+        line = conversation[start + len("Question:") :].split("\n", 1)[0]
+        for candidate in sorted(self.questions, key=len, reverse=True):  # longest match wins
+            if line.lstrip().startswith(candidate):
+                return self.questions[candidate]
+        raise KeyError(f"question not in the world: {line.strip()[:120]!r}")
+
+    def next_step(self, q: OracleQuestion, searches_done: int, seed: int | None) -> str:
+        """The text of the next turn, ending with its action's closing tag."""
+        plan = _rng(q.question, seed, "plan")
+        answer_directly = q.known and plan.random() >= self.p_search_known
+        rng = _rng(q.question, seed, searches_done)
+        if not answer_directly and searches_done < len(q.queries):
+            query = q.queries[searches_done]
+            ask = _ASKS.get(q.relations[min(searches_done, len(q.relations) - 1)], "the answer")
+            pool = _SEARCH_FIRST if searches_done == 0 else _SEARCH_NEXT
+            thought = rng.choice(pool).format(q=query, ask=ask)
+            return f"<think> {thought} </think>\n<search> {query} </search>"
+        pool = _ANSWER_KNOWN if answer_directly else _ANSWER_AFTER_SEARCH
+        thought = rng.choice(pool).format(a=q.answer)
+        return f"<think> {thought} </think>\n<answer> {q.answer} </answer>"
+
+    async def generate(self, prompt_ids: list[int], sampling: SamplingParams) -> GenerationResult:
+        conversation = self.tokenizer.decode(prompt_ids, skip_special_tokens=False)
+        q = self.find_question(conversation)
+        # Observations so far = searches made (the oracle never writes an invalid action); count
+        # only after the question, since the instruction itself mentions the tags.
+        searches_done = conversation[conversation.find("Question:") :].count(INFO_CLOSE)
+        text = self.next_step(q, searches_done, None if sampling.greedy else sampling.seed)
+        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        stop = SEARCH_CLOSE if text.endswith(SEARCH_CLOSE) else ANSWER_CLOSE
+        if len(ids) > sampling.max_new_tokens:
+            return GenerationResult(ids[: sampling.max_new_tokens], "length")
+        return GenerationResult(ids, "stop", stop_string=stop)
