@@ -24,7 +24,8 @@ class TeacherConfig:
     )
     model: str = field(default="", metadata={"help": "openai: served model name"})
     base_url: str = field(
-        default="http://127.0.0.1:8001/v1", metadata={"help": "openai: endpoint (vLLM/SGLang server or hosted API)"}
+        default="http://127.0.0.1:8001/v1",
+        metadata={"help": "openai: endpoint (vLLM/SGLang server or hosted API)"},
     )
     api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "openai: env var holding the key"})
 
@@ -36,7 +37,9 @@ class GenerateConfig:
     temperature: float = field(default=1.0, metadata={"help": "teacher sampling temperature (0 = greedy)"})
     seed: int = field(default=0, metadata={"help": "base seed; sample k of a question uses seed + k"})
     max_questions: int = field(default=0, metadata={"help": "use only the first N questions (0 = all)"})
-    batch_size: int = field(default=32, metadata={"help": "questions in flight; each batch is appended in order"})
+    batch_size: int = field(
+        default=32, metadata={"help": "questions in flight; each batch is appended in order"}
+    )
     retriever_url: str = field(default="http://127.0.0.1:8000", metadata={"help": "retriever service"})
     protocol: str = field(
         default=str(CONFIG_DIR / "agent" / "tiny.yaml"), metadata={"help": "ProtocolConfig YAML (same as RL)"}
@@ -46,23 +49,32 @@ class GenerateConfig:
 
 @dataclass
 class FilterConfig:
-    require_correct: bool = field(default=True, metadata={"help": "final answer must exact-match a gold answer"})
+    require_correct: bool = field(
+        default=True, metadata={"help": "final answer must exact-match a gold answer"}
+    )
     require_format: bool = field(default=True, metadata={"help": "valid tag grammar (rewards.format)"})
     require_support: bool = field(
         default=True, metadata={"help": "every gold support doc was retrieved (when the question lists them)"}
     )
     max_searches: int = field(default=4, metadata={"help": "drop trajectories with more searches"})
-    max_tokens: int = field(default=1024, metadata={"help": "drop trajectories longer than this (prompt+response)"})
-    drop_duplicate_queries: bool = field(default=True, metadata={"help": "drop a trajectory that repeats a query"})
+    max_tokens: int = field(
+        default=1024, metadata={"help": "drop trajectories longer than this (prompt+response)"}
+    )
+    drop_duplicate_queries: bool = field(
+        default=True, metadata={"help": "drop a trajectory that repeats a query"}
+    )
     fewest_searches: bool = field(
-        default=True, metadata={"help": "keep one trajectory per question: the correct one with fewest searches"}
+        default=True,
+        metadata={"help": "keep one trajectory per question: the correct one with fewest searches"},
     )
     max_all_solved_fraction: float = field(
         default=1.0, metadata={"help": "cap on the share of questions every sample solved (1.0 = no cap)"}
     )
     mix: dict[str, float] = field(
         default_factory=dict,
-        metadata={"help": "target share of no_search/one_search/multi_search, e.g. {no_search: 0.2}; {} = as is"},
+        metadata={
+            "help": "target share of no_search/one_search/multi_search, e.g. {no_search: 0.2}; {} = as is"
+        },
     )
     seed: int = field(default=0, metadata={"help": "seed for the downsampling"})
 
@@ -70,9 +82,13 @@ class FilterConfig:
 @dataclass
 class SFTConfig:
     preset: str = field(default="tiny", metadata={"help": "name of this run (the default run_dir uses it)"})
-    model: str = field(default=str(MODELS_DIR / "tiny-base"), metadata={"help": "student base model (HF folder)"})
+    model: str = field(
+        default=str(MODELS_DIR / "tiny-base"), metadata={"help": "student base model (HF folder)"}
+    )
     world_dir: str = field(default=str(WORLD_DIR), metadata={"help": "embedded world (questions, kb)"})
-    run_dir: str = field(default="", metadata={"help": "outputs of this run ('' = outputs/runs/sft/<preset>)"})
+    run_dir: str = field(
+        default="", metadata={"help": "outputs of this run ('' = outputs/runs/sft/<preset>)"}
+    )
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     filters: FilterConfig = field(default_factory=FilterConfig)

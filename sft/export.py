@@ -46,7 +46,9 @@ def to_sharegpt(traj: Trajectory, tokenizer: PreTrainedTokenizerBase) -> dict[st
         raise ValueError(f"{traj.uid}: expected a single user message as the prompt")
     conv = [{"from": "human", "value": messages[0]["content"]}]
     for m, ids in runs(traj.response_ids, traj.response_mask):
-        conv.append({"from": "gpt" if m else "observation", "value": tokenizer.decode(ids, skip_special_tokens=False)})
+        conv.append(
+            {"from": "gpt" if m else "observation", "value": tokenizer.decode(ids, skip_special_tokens=False)}
+        )
     if conv[-1]["from"] != "gpt":
         raise ValueError(f"{traj.uid}: a training example must end with a policy turn")
     return {"conversations": conv, "uid": traj.uid, "sample_index": traj.sample_index}
@@ -96,7 +98,9 @@ def export(trajs: Iterable[Trajectory], tokenizer: PreTrainedTokenizerBase, out_
 
 
 def main(argv: list[str] | None = None) -> None:
-    cfg = parse_config(SFTConfig, "Export filtered trajectories to LLaMA-Factory sharegpt.", DEFAULT_CONFIG, argv)
+    cfg = parse_config(
+        SFTConfig, "Export filtered trajectories to LLaMA-Factory sharegpt.", DEFAULT_CONFIG, argv
+    )
     tokenizer = AutoTokenizer.from_pretrained(cfg.model)
     trajs = [Trajectory.from_dict(r) for r in read_records(cfg.filtered)]
     out = export(trajs, tokenizer, cfg.dataset_dir)

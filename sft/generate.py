@@ -39,6 +39,8 @@ from search_r1.rewards.metrics import exact_match
 from sft.config import DEFAULT_CONFIG, SFTConfig, TeacherConfig
 from sft.oracle import OracleTeacher, load_oracle_questions
 
+_TIMINGS = ("generation_s", "retrieval_s")
+
 
 @dataclass
 class Question:
@@ -80,7 +82,9 @@ def recover(path: Path) -> set[tuple[str, int]]:
 
 def make_teacher(cfg: TeacherConfig, tokenizer: PreTrainedTokenizerBase, world_dir: Path) -> Engine:
     if cfg.kind == "oracle":
-        return OracleTeacher(tokenizer, load_oracle_questions(world_dir / "questions.jsonl"), cfg.p_search_known)
+        return OracleTeacher(
+            tokenizer, load_oracle_questions(world_dir / "questions.jsonl"), cfg.p_search_known
+        )
     if cfg.kind == "openai":
         from search_r1.agent.engines.registry import make_engine
 
@@ -95,23 +99,38 @@ def make_teacher(cfg: TeacherConfig, tokenizer: PreTrainedTokenizerBase, world_d
 
 
 async def _episodes(
-    q: Question, engine: Engine, tokenizer: PreTrainedTokenizerBase, retriever: Retriever | None,
-    protocol: ProtocolConfig, cfg: SFTConfig, todo: list[int],
+    q: Question,
+    engine: Engine,
+    tokenizer: PreTrainedTokenizerBase,
+    retriever: Retriever | None,
+    protocol: ProtocolConfig,
+    cfg: SFTConfig,
+    todo: list[int],
 ) -> list[Trajectory]:
-    prompt_ids = list(tokenizer.apply_chat_template(q.messages, add_generation_prompt=True, tokenize=True,
-                                                    return_dict=False))
+    prompt_ids = list(
+        tokenizer.apply_chat_template(
+            q.messages, add_generation_prompt=True, tokenize=True, return_dict=False
+        )
+    )
     out = []
     for k in todo:  # a question's samples run one after another; questions run concurrently
         sampling = SamplingParams(temperature=cfg.generate.temperature, seed=cfg.generate.seed + k)
         traj = await run_episode(engine, tokenizer, retriever, prompt_ids, protocol, sampling, q.uid, k)
+        for key in _TIMINGS:  # wall-clock numbers would make a resumed file differ from a clean run
+            traj.extra.pop(key, None)
         traj.extra.update(messages=q.messages, golds=q.golds, meta=q.meta, teacher=cfg.teacher.kind)
         out.append(traj)
     return out
 
 
 async def generate(
-    cfg: SFTConfig, engine: Engine, tokenizer: PreTrainedTokenizerBase, retriever: Retriever | None,
-    questions: list[Question], protocol: ProtocolConfig, stop_after_batches: int | None = None,
+    cfg: SFTConfig,
+    engine: Engine,
+    tokenizer: PreTrainedTokenizerBase,
+    retriever: Retriever | None,
+    questions: list[Question],
+    protocol: ProtocolConfig,
+    stop_after_batches: int | None = None,
 ) -> Path:
     """Append every missing ``(question, sample)`` to ``cfg.trajectories``; returns its path.
 
@@ -163,7 +182,9 @@ def main(argv: list[str] | None = None) -> None:
 
     tokenizer = AutoTokenizer.from_pretrained(cfg.model)
     protocol = ProtocolConfig.from_yaml(cfg.generate.protocol)
-    questions = load_questions(Path(cfg.world_dir) / f"{cfg.generate.split}.parquet", cfg.generate.max_questions)
+    questions = load_questions(
+        Path(cfg.world_dir) / f"{cfg.generate.split}.parquet", cfg.generate.max_questions
+    )
     engine = make_teacher(cfg.teacher, tokenizer, Path(cfg.world_dir))
     retriever = AsyncRetrieverClient(cfg.generate.retriever_url, topk=protocol.topk)
     t0 = time.perf_counter()

@@ -72,10 +72,14 @@ class OracleQuestion:
 def load_oracle_questions(questions_jsonl: Path) -> dict[str, OracleQuestion]:
     """The world's questions keyed by their text (what the oracle finds in the prompt)."""
     out = {}
-    for line in Path(questions_jsonl).open(encoding="utf-8"):
+    for line in Path(questions_jsonl).read_text(encoding="utf-8").splitlines():
         r = json.loads(line)
         out[r["question"].strip()] = OracleQuestion(
-            r["question"].strip(), r["answer"], tuple(r["queries"]), tuple(r["relation"].split(".")), r["known"]
+            r["question"].strip(),
+            r["answer"],
+            tuple(r["queries"]),
+            tuple(r["relation"].split(".")),
+            r["known"],
         )
     return out
 
@@ -87,7 +91,9 @@ def _rng(*parts: object) -> random.Random:
 class OracleTeacher:
     """Writes ideal steps for the embedded world's questions (see the module docstring)."""
 
-    def __init__(self, tokenizer: TextTokenizer, questions: dict[str, OracleQuestion], p_search_known: float = 0.5):
+    def __init__(
+        self, tokenizer: TextTokenizer, questions: dict[str, OracleQuestion], p_search_known: float = 0.5
+    ):
         self.tokenizer = tokenizer
         self.questions = questions
         self.p_search_known = p_search_known
