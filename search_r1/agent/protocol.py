@@ -86,6 +86,7 @@ class Action:
     kind: str  # "search" | "answer" | "invalid"
     content: str = ""  # the query or the answer, cleaned
     reason: str = ""  # why an action is invalid: "no_action" | "empty"
+    end: int = field(default=-1, compare=False)  # offset just past the closing tag (-1: none)
 
 
 def _clean(content: str) -> str:
@@ -99,7 +100,10 @@ def after_last_observation(text: str) -> str:
 
 
 def parse_action(text: str) -> Action:
-    """The first complete action after the last observation (rules in the module docstring)."""
+    """The first complete action after the last observation (rules in the module docstring).
+
+    ``end`` is an offset into the text after the last observation (the turn's own text).
+    """
     text = after_last_observation(text)
     for m in _ACTION_CLOSE_RE.finditer(text):
         close = m.group()
@@ -108,8 +112,8 @@ def parse_action(text: str) -> Action:
             continue  # a closing tag without its opening tag is just text
         content = _clean(text[start + len(_OPEN_OF[close]) : m.start()])
         if not content:
-            return Action("invalid", reason="empty")
-        return Action(_KIND_OF[close], content)
+            return Action("invalid", reason="empty", end=m.end())
+        return Action(_KIND_OF[close], content, end=m.end())
     return Action("invalid", reason="no_action")
 
 

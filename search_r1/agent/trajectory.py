@@ -22,6 +22,7 @@ class Turn:
     doc_ids: list[str] = field(default_factory=list)
     observation: str = ""  # text appended after the turn ("" for the final answer)
     retrieval_failed: bool = False
+    error: str = ""  # the retrieval error's type name when retrieval_failed
 
 
 @dataclass
