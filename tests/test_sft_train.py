@@ -1,0 +1,89 @@
+"""Real LLaMA-Factory runs: argument parsing of every preset (fast) and a LoRA train + merge (slow)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from sft_helpers import build_tokenizer
+from test_sft_export import oracle_trajectories
+from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+from search_r1.config import load_config
+from search_r1.paths import CONFIG_DIR
+from sft.config import SFTConfig
+from sft.export import export
+from sft.train import lf_train_args, merge, train
+
+PRESETS = sorted((CONFIG_DIR / "sft").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=[p.stem for p in PRESETS])
+def test_preset_passes_llamafactory_argument_parsing(preset: Path, tmp_path, monkeypatch):
+    """LLaMA-Factory's own parser accepts each preset (bf16/flash-attn checks are GPU-only: patched)."""
+    from llamafactory.hparams import parser
+
+    cfg = load_config(SFTConfig, preset, [f"run_dir={tmp_path}"])
+    args = lf_train_args(cfg)
+    if args.get("bf16") or args.get("flash_attn") not in (None, "auto", "disabled"):
+        # on a CPU machine transformers refuses bf16 mixed precision; what is checked here is that every
+        # key and value is one LLaMA-Factory accepts, with its own dataclasses and validation
+        monkeypatch.setattr(parser, "is_env_available", lambda: True, raising=False)
+        args = args | {"bf16": False, "use_cpu": True}
+    model_args, data_args, training_args, finetuning_args, _ = parser.get_train_args(args)
+    assert finetuning_args.finetuning_type == "lora"
+    assert data_args.template == "search_r1" and data_args.dataset == ["search_r1_sft"]
+    assert training_args.output_dir == str(cfg.adapter_dir)
+
+
+@pytest.mark.slow
+def test_lora_sft_with_llamafactory_then_merge_loads(world, tmp_path):
+    tok_dir = build_tokenizer(world, tmp_path / "base")
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    Qwen2ForCausalLM(config).save_pretrained(tok_dir)
+
+    cfg = load_config(
+        SFTConfig,
+        CONFIG_DIR / "sft" / "tiny.yaml",
+        [
+            f"model={tok_dir}",
+            f"run_dir={tmp_path / 'run'}",
+            "llamafactory.num_train_epochs=2",
+            "llamafactory.save_steps=2",
+            "llamafactory.per_device_train_batch_size=4",
+        ],
+    )
+    trajs = [t for t in oracle_trajectories(world, tok) if t.finish_reason == "answer"]
+    export(trajs, tok, cfg.dataset_dir)
+
+    train(cfg)
+    state = json.loads((cfg.adapter_dir / "trainer_state.json").read_text())
+    losses = [h["loss"] for h in state["log_history"] if "loss" in h]
+    assert (cfg.adapter_dir / "adapter_model.safetensors").exists()
+    assert state["global_step"] > 0 and all(x == x for x in losses)
+
+    merged = merge(cfg)
+    model = AutoModelForCausalLM.from_pretrained(merged)
+    merged_tok = AutoTokenizer.from_pretrained(merged)
+    assert merged_tok.chat_template == tok.chat_template  # the template was not replaced
+    assert merged_tok.eos_token == tok.eos_token
+    base = AutoModelForCausalLM.from_pretrained(tok_dir)
+    changed = any(
+        not torch.equal(a, b) for a, b in zip(model.state_dict().values(), base.state_dict().values())
+    )
+    assert changed, "merging the adapter must change the weights"
