@@ -18,6 +18,7 @@ import pytest
 from test_retrieval_helpers import make_tiny_cross_encoder, make_tiny_encoder, read_jsonl, tiny_encoder_config
 
 from search_r1.data.corpus import iter_corpus
+from search_r1.paths import INDEX_DIR
 from search_r1.retrieval.build import build_index, read_manifest
 from search_r1.retrieval.client import AsyncRetrieverClient, RetrieverBadRequest, RetrieverClient
 from search_r1.retrieval.config import BatchingConfig, BuildConfig, RerankerConfig, ServerConfig
@@ -29,9 +30,13 @@ QUERIES = ["What is the capital of Thilfend?", "Abraham Lincoln emancipation", "
 
 
 @pytest.fixture(scope="module")
-def world_index(world, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("world_index")
-    enc = make_tiny_encoder(root / "encoder")
+def world_index(world) -> Path:
+    """Built once and cached under outputs/ like the other world fixtures; the manifest (corpus
+    fingerprint + settings) makes build_index rebuild only when the world or the encoder changes."""
+    root = INDEX_DIR / "test-world-tiny"
+    enc = root / "encoder"
+    if not (enc / "model.safetensors").exists():
+        make_tiny_encoder(enc)  # seeded: the same weights every time
     cfg = BuildConfig(corpus=str(world.corpus), out_dir=str(root / "index"), encoder=tiny_encoder_config(enc))
     return build_index(cfg)
 
@@ -47,8 +52,14 @@ def server_config(index: Path, **kw) -> ServerConfig:
 
 @pytest.fixture(scope="module")
 def dense_url(world_index):
-    cfg = server_config(world_index, backend="dense", max_topk=50, max_queries=64, max_query_chars=500,
-                        max_body_bytes=64 * 1024)
+    cfg = server_config(
+        world_index,
+        backend="dense",
+        max_topk=50,
+        max_queries=64,
+        max_query_chars=500,
+        max_body_bytes=64 * 1024,
+    )
     with serve_in_thread(cfg, load_retriever(cfg)) as url:
         yield url
 
@@ -60,8 +71,13 @@ def bm25_url(world_index):
         yield url
 
 
+# One pooled client for the raw-HTTP checks (creating an httpx client per call costs up to seconds
+# of CA-bundle loading on a busy machine).
+HTTP = httpx.Client(timeout=60, verify=False)
+
+
 def post(url: str, body, **kw) -> httpx.Response:
-    return httpx.post(f"{url}/retrieve", json=body, timeout=30, **kw)
+    return HTTP.post(f"{url}/retrieve", json=body, **kw)
 
 
 def brute_force(world_index: Path, queries: list[str]) -> np.ndarray:
@@ -95,8 +111,18 @@ def test_schema_byte_for_byte(dense_url, corpus):
             assert isinstance(item["score"], float)
             assert item["document"]["contents"] == by_id[item["document"]["id"]]
     # Compact JSON with exactly these keys in this order, nothing else: rebuilding it gives the same bytes.
-    expected = {"result": [[{"document": {"id": it["document"]["id"], "contents": it["document"]["contents"]},
-                             "score": it["score"]} for it in per] for per in body["result"]]}
+    expected = {
+        "result": [
+            [
+                {
+                    "document": {"id": it["document"]["id"], "contents": it["document"]["contents"]},
+                    "score": it["score"],
+                }
+                for it in per
+            ]
+            for per in body["result"]
+        ]
+    }
     assert scored.content == json.dumps(expected, ensure_ascii=False, separators=(",", ":")).encode()
     # Without return_scores the items are the bare documents, in the same order.
     expected_bare = {"result": [[it["document"] for it in per] for per in body["result"]]}
@@ -133,7 +159,9 @@ def test_dense_topk_order_and_scores_match_brute_force(dense_url, world_index, c
 
 def test_bm25_finds_gold_passages(bm25_url, world):
     questions = read_jsonl(world.questions)[:200]
-    body = post(bm25_url, {"queries": [q["question"] for q in questions], "topk": 10, "return_scores": True}).json()
+    body = post(
+        bm25_url, {"queries": [q["question"] for q in questions], "topk": 10, "return_scores": True}
+    ).json()
     hits = 0
     for q, per in zip(questions, body["result"], strict=True):
         scores = [it["score"] for it in per]
@@ -170,18 +198,25 @@ def test_reranker_reorders_first_stage_by_cross_encoder(world_index, dense_url, 
 
     ce = make_tiny_cross_encoder(tmp_path / "ce")
     cand, k = 12, 4
-    cfg = server_config(world_index, backend="dense",
-                        reranker=RerankerConfig(model=str(ce), candidates=cand, device="cpu"))
+    cfg = server_config(
+        world_index, backend="dense", reranker=RerankerConfig(model=str(ce), candidates=cand, device="cpu")
+    )
     first = post(dense_url, {"queries": QUERIES, "topk": cand}).json()["result"]
     with serve_in_thread(cfg, load_retriever(cfg)) as url:
         body = post(url, {"queries": QUERIES, "topk": k, "return_scores": True}).json()
-        assert httpx.get(f"{url}/health").json()["reranker"] == str(ce)
+        assert HTTP.get(f"{url}/health").json()["reranker"] == str(ce)
     tok = AutoTokenizer.from_pretrained(ce)
     model = AutoModelForSequenceClassification.from_pretrained(ce).eval()
     for q, docs, per in zip(QUERIES, first, body["result"], strict=True):
         with torch.no_grad():
-            batch = tok([q] * len(docs), [d["contents"] for d in docs], padding=True, truncation=True,
-                        max_length=256, return_tensors="pt")
+            batch = tok(
+                [q] * len(docs),
+                [d["contents"] for d in docs],
+                padding=True,
+                truncation=True,
+                max_length=256,
+                return_tensors="pt",
+            )
             s = model(**batch).logits[:, 0].numpy()
         order = np.argsort(-s, kind="stable")[:k]
         assert [it["document"]["id"] for it in per] == [docs[i]["id"] for i in order]
@@ -218,7 +253,7 @@ BAD_JSON_BODIES = [
 
 @pytest.mark.parametrize(("name", "raw", "status"), BAD_JSON_BODIES, ids=[b[0] for b in BAD_JSON_BODIES])
 def test_bad_bodies_get_4xx_json(dense_url, name, raw, status):
-    r = httpx.post(f"{dense_url}/retrieve", content=raw, headers={"content-type": "application/json"})
+    r = HTTP.post(f"{dense_url}/retrieve", content=raw, headers={"content-type": "application/json"})
     assert r.status_code == status, r.text
     body = r.json()
     assert isinstance(body["error"], str) and body["error"] and body["status"] == status
@@ -231,39 +266,48 @@ def test_oversized_chunked_body_without_content_length(dense_url):
             yield b"x" * 8192
         yield b'"}'
 
-    r = httpx.post(f"{dense_url}/retrieve", content=chunks(), headers={"content-type": "application/json"})
+    r = HTTP.post(f"{dense_url}/retrieve", content=chunks(), headers={"content-type": "application/json"})
     assert r.status_code == 413 and "max_body_bytes" in r.json()["error"]
 
 
-@pytest.mark.parametrize("ctype", [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data"])
+@pytest.mark.parametrize(
+    "ctype", [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data"]
+)
 def test_wrong_content_type(dense_url, ctype):
     headers = {"content-type": ctype} if ctype else {}
-    r = httpx.post(f"{dense_url}/retrieve", content=b'{"queries": ["a"]}', headers=headers)
+    r = HTTP.post(f"{dense_url}/retrieve", content=b'{"queries": ["a"]}', headers=headers)
     assert r.status_code == 415 and "application/json" in r.json()["error"]
 
 
-@pytest.mark.parametrize(("method", "path", "status"), [
-    ("GET", "/nope", 404), ("POST", "/retrieve/extra", 404), ("GET", "/retrieve", 405),
-    ("PUT", "/retrieve", 405), ("DELETE", "/health", 405), ("POST", "/health", 405),
-])
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/nope", 404),
+        ("POST", "/retrieve/extra", 404),
+        ("GET", "/retrieve", 405),
+        ("PUT", "/retrieve", 405),
+        ("DELETE", "/health", 405),
+        ("POST", "/health", 405),
+    ],
+)
 def test_unknown_route_or_method(dense_url, method, path, status):
-    r = httpx.request(method, f"{dense_url}{path}")
+    r = HTTP.request(method, f"{dense_url}{path}")
     assert r.status_code == status and path in r.json()["error"]
 
 
 def test_server_keeps_serving_after_bad_input(dense_url):
     for _, raw, _ in BAD_JSON_BODIES:
-        httpx.post(f"{dense_url}/retrieve", content=raw, headers={"content-type": "application/json"})
-    assert httpx.get(f"{dense_url}/health").json()["status"] == "ok"
+        HTTP.post(f"{dense_url}/retrieve", content=raw, headers={"content-type": "application/json"})
+    assert HTTP.get(f"{dense_url}/health").json()["status"] == "ok"
     assert len(post(dense_url, {"queries": QUERIES, "topk": 2}).json()["result"]) == 3
 
 
 def test_openapi_docs(dense_url):
-    spec = httpx.get(f"{dense_url}/openapi.json").json()
+    spec = HTTP.get(f"{dense_url}/openapi.json").json()
     assert {"/retrieve", "/health"} <= set(spec["paths"])
     schema = spec["paths"]["/retrieve"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert set(schema["properties"]) == {"queries", "topk", "return_scores"}
-    assert httpx.get(f"{dense_url}/docs").status_code == 200
+    assert HTTP.get(f"{dense_url}/docs").status_code == 200
 
 
 # --- auth ---------------------------------------------------------------------------------------------
@@ -277,7 +321,7 @@ def test_bearer_token_auth(world_index):
         assert post(url, {"queries": ["a b"]}, headers={"Authorization": "Basic s3cret"}).status_code == 401
         ok = post(url, {"queries": ["Lincoln"]}, headers={"Authorization": "Bearer s3cret"})
         assert ok.status_code == 200 and ok.json()["result"][0]
-        assert httpx.get(f"{url}/health").json()["auth"] is True
+        assert HTTP.get(f"{url}/health").json()["auth"] is True
         with RetrieverClient(url, token="s3cret") as client:
             assert client.retrieve(["Lincoln"])[0]
         with RetrieverClient(url, max_retries=0) as client, pytest.raises(RetrieverBadRequest) as err:
@@ -305,10 +349,16 @@ def test_client_matches_raw_api(dense_url):
 def test_load_64_concurrent_clients(world_index, world, batching):
     """64 clients × 5 requests each, mixed sizes and topk: zero errors and the right answer for each."""
     questions = [q["question"] for q in read_jsonl(world.questions)[:64]]
-    cfg = server_config(world_index, backend="dense", batching=BatchingConfig(enabled=batching, max_batch=128))
+    cfg = server_config(
+        world_index, backend="dense", batching=BatchingConfig(enabled=batching, max_batch=128)
+    )
     with serve_in_thread(cfg, load_retriever(cfg)) as url:
-        reference = {q: [d["id"] for d in per] for q, per in zip(
-            questions, post(url, {"queries": questions, "topk": 5}).json()["result"], strict=True)}
+        reference = {
+            q: [d["id"] for d in per]
+            for q, per in zip(
+                questions, post(url, {"queries": questions, "topk": 5}).json()["result"], strict=True
+            )
+        }
 
         async def one_client(i: int) -> int:
             async with AsyncRetrieverClient(url, timeout=60, max_retries=0) as client:
@@ -326,7 +376,7 @@ def test_load_64_concurrent_clients(world_index, world, batching):
             return await asyncio.gather(*(one_client(i) for i in range(64)))
 
         checked = asyncio.run(run())
-        health = httpx.get(f"{url}/health").json()
+        health = HTTP.get(f"{url}/health").json()
     assert len(checked) == 64 and sum(checked) > 300
     if batching:  # requests really were coalesced
         assert health["batching"]["batches"] < 64 * 5
