@@ -1,6 +1,20 @@
 #!/usr/bin/env bash
-# Entry point: eval (not built yet — see the open issues).
+# Evaluate a model as a search agent (or a baseline) and write results.json, predictions.jsonl,
+# report.md and plots.
+#
+#   bash eval.sh                                   # tiny base model, world test split, retriever at :8000
+#   bash eval.sh engine.model=PATH mode=direct     # any config field as key=value (see --help)
+#   bash eval.sh --config configs/eval/nq_3b.yaml engine.adapter=outputs/runs/sft/lora
+#   bash eval.sh compare RUN_A RUN_B --names base sft --out outputs/runs/eval/compare
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/scripts/_env.sh"
-echo "eval.sh: this stage is not built yet" >&2
-exit 2
+cd "$ROOT"
+if [[ "${1:-}" == "compare" ]]; then
+  shift
+  exec "$PY" -m search_r1.eval compare "$@"
+fi
+# The default model is the embedded world's tiny base model: build it (cached) when it is missing.
+if [[ " $* " != *" engine.model="* && " $* " != *"--config"* && " $* " != *" -h"* && " $* " != *"--help"* ]]; then
+  "$PY" -m search_r1.world.setup
+fi
+exec "$PY" -m search_r1.eval run "$@"

@@ -1,0 +1,283 @@
+"""Evaluate a model as a search agent (or a closed-book / retrieve-once baseline) on verl parquet.
+
+    python -m search_r1.eval run                              # configs/eval/default.yaml
+    python -m search_r1.eval run engine.model=PATH data=[a.parquet,b.parquet] mode=rag
+
+Every mode runs through the same rollout, so the three are scored identically:
+
+* ``search`` — the agent: the dataset's prompt, up to ``agent.max_turns`` searches.
+* ``direct`` — closed book: the ``direct`` prompt, no search (``max_turns=0``).
+* ``rag`` — the question is retrieved once, the passages go into the ``rag`` prompt, no search.
+
+Greedy by default (``temperature=0``), every row of every file is evaluated (no dropped tail;
+``max_examples`` takes a prefix only when asked). Outputs in ``out_dir``: ``results.json``,
+``predictions.jsonl``, ``report.md`` and PNG plots (see ``search_r1.eval.report``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from search_r1.agent.engines.base import SamplingParams
+from search_r1.agent.engines.registry import make_engine
+from search_r1.agent.prompt import render_prompt
+from search_r1.agent.protocol import ProtocolConfig, format_docs, truncate_docs
+from search_r1.agent.rollout import rollout
+from search_r1.config import to_dict
+from search_r1.data.schema import read_parquet, uid_of
+from search_r1.eval.report import aggregate, write_outputs
+from search_r1.paths import MODELS_DIR, REPO_ROOT, RUNS_DIR, WORLD_DIR
+from search_r1.rewards.score import compute_score, golds_of
+
+MODES = ("search", "direct", "rag")
+
+
+@dataclass
+class EngineConfig:
+    name: str = field(default="hf", metadata={"help": "hf | vllm | openai"})
+    model: str = field(default=str(MODELS_DIR / "tiny-base"), metadata={"help": "HF folder (or served name)"})
+    adapter: str = field(
+        default="", metadata={"help": "LoRA adapter folder merged into the model ('' = none)"}
+    )
+    device: str = field(default="auto", metadata={"help": "hf: auto | cpu | cuda"})
+    dtype: str = field(default="auto", metadata={"help": "hf/vllm: auto | float32 | bfloat16 | float16"})
+    max_batch_size: int = field(default=32, metadata={"help": "hf: sequences per forward pass"})
+    base_url: str = field(default="", metadata={"help": "openai: e.g. http://127.0.0.1:8001/v1"})
+    api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "openai: env var holding the key"})
+    served_model: str = field(default="", metadata={"help": "openai: model name on the server"})
+    tokenizer: str = field(default="", metadata={"help": "openai: tokenizer folder ('' = engine.model)"})
+    gpu_memory_utilization: float = field(default=0.85, metadata={"help": "vllm: GPU memory share"})
+
+    def kwargs(self) -> dict[str, Any]:
+        """The constructor arguments of the chosen engine."""
+        if self.name == "hf":
+            keys = ("model", "adapter", "device", "dtype", "max_batch_size")
+        elif self.name == "vllm":
+            keys = ("model", "adapter", "dtype", "gpu_memory_utilization")
+        else:
+            keys = ("base_url", "api_key_env", "served_model", "tokenizer", "model")
+        return {k: getattr(self, k) for k in keys}
+
+
+@dataclass
+class EvalConfig:
+    data: list[str] = field(
+        default_factory=lambda: [str(WORLD_DIR / "test.parquet")], metadata={"help": "verl parquet file(s)"}
+    )
+    mode: str = field(default="search", metadata={"help": "search | direct | rag"})
+    retriever_url: str = field(default="http://127.0.0.1:8000", metadata={"help": "retrieval server"})
+    retriever_timeout: float = field(default=30.0, metadata={"help": "seconds per retrieval request"})
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    agent: ProtocolConfig = field(default_factory=ProtocolConfig)
+    direct_template: str = field(default="direct", metadata={"help": "prompt template of mode=direct"})
+    temperature: float = field(default=0.0, metadata={"help": "0 = greedy (the default for evaluation)"})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling (temperature > 0 only)"})
+    seed: int = field(default=0, metadata={"help": "sampling seed"})
+    max_examples: int = field(default=-1, metadata={"help": "first N rows per file (-1 = all rows)"})
+    max_concurrency: int = field(default=256, metadata={"help": "live episodes at once"})
+    out_dir: str = field(default="", metadata={"help": "output folder ('' = outputs/runs/eval/<name>)"})
+    name: str = field(default="", metadata={"help": "run name ('' = <model>-<mode>-<time>)"})
+    wandb: bool = field(default=False, metadata={"help": "log metrics and sample trajectories to wandb"})
+    wandb_project: str = field(default="search-r1-eval", metadata={"help": "wandb project"})
+    samples_in_report: int = field(default=5, metadata={"help": "example trajectories in report.md / wandb"})
+
+
+def git_commit() -> str:
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True
+        ).stdout
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=REPO_ROOT, capture_output=True, text=True
+        ).stdout
+    except OSError:
+        return "unknown"
+    return sha.strip() + ("-dirty" if dirty.strip() else "") if sha.strip() else "unknown"
+
+
+def load_rows(paths: list[str], max_examples: int) -> list[dict[str, Any]]:
+    rows = []
+    for p in paths:
+        part = read_parquet(p)
+        rows += part if max_examples < 0 else part[:max_examples]
+    uids = [uid_of(r) for r in rows]
+    if len(set(uids)) != len(uids):
+        raise ValueError("duplicate uids across the evaluation files (each file given twice?)")
+    return rows
+
+
+def chat_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
+    """Prompt ids through the model's chat template (plain text when it has none)."""
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    else:
+        text = "\n".join(m["content"] for m in messages)
+    return tokenizer.encode(text, add_special_tokens=False)
+
+
+async def build_prompts(
+    cfg: EvalConfig, rows: list[dict[str, Any]], tokenizer: Any, retriever: Any
+) -> list[list[int]]:
+    if cfg.mode == "search":
+        return [chat_ids(tokenizer, r["prompt"]) for r in rows]
+    questions = [r["extra_info"]["question"] for r in rows]
+    if cfg.mode == "direct":
+        return [chat_ids(tokenizer, render_prompt(q, cfg.direct_template)) for q in questions]
+    results = []
+    for i in range(0, len(questions), 256):  # rag: one batched retrieval per 256 questions
+        results += await retriever.retrieve(questions[i : i + 256], topk=cfg.agent.topk)
+    return [
+        chat_ids(
+            tokenizer,
+            render_prompt(
+                q, "rag", information=format_docs(truncate_docs(d, tokenizer, cfg.agent.max_obs_tokens))
+            ),
+        )
+        for q, d in zip(questions, results, strict=True)
+    ]
+
+
+def default_name(cfg: EvalConfig) -> str:
+    model = Path(cfg.engine.adapter or cfg.engine.model).name or "model"
+    return f"{model}-{cfg.mode}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+async def evaluate(cfg: EvalConfig) -> Path:
+    """Run one evaluation and write its outputs; returns the output folder."""
+    if cfg.mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {cfg.mode!r}")
+    name = cfg.name or default_name(cfg)
+    out = Path(cfg.out_dir or RUNS_DIR / "eval" / name)
+    rows = load_rows(cfg.data, cfg.max_examples)
+    engine = make_engine(cfg.engine.name, **cfg.engine.kwargs())
+    tokenizer = engine.tokenizer
+    retriever = None
+    if cfg.mode != "direct":
+        from search_r1.retrieval.client import AsyncRetrieverClient, RetrieverError
+
+        retriever = AsyncRetrieverClient(
+            cfg.retriever_url, topk=cfg.agent.topk, timeout=cfg.retriever_timeout
+        )
+        try:
+            await retriever.health()
+        except RetrieverError as exc:
+            raise SystemExit(
+                f"error: no retriever at {cfg.retriever_url} ({exc}); start one with retrieval_launch.sh "
+                "or use mode=direct"
+            ) from None
+    protocol = cfg.agent if cfg.mode == "search" else dataclasses.replace(cfg.agent, max_turns=0)
+    sampling = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed)
+    prompts = await build_prompts(cfg, rows, tokenizer, retriever)
+
+    scores: list[dict[str, float] | None] = [None] * len(rows)
+    bar = tqdm(total=len(rows), desc=f"eval {cfg.mode}", unit="q", dynamic_ncols=True)
+
+    def on_done(i: int, traj: Any) -> None:
+        response = tokenizer.decode(traj.response_ids, skip_special_tokens=True)
+        scores[i] = compute_score(rows[i]["data_source"], response, rows[i]["reward_model"]["ground_truth"])
+        done = [s for s in scores if s is not None]
+        bar.set_postfix(em=f"{sum(s['em'] for s in done) / len(done):.3f}")
+        bar.update()
+
+    uids = [uid_of(r) for r in rows]
+    try:
+        batch = await rollout(
+            engine,
+            tokenizer,
+            retriever,
+            prompts,
+            protocol,
+            sampling,
+            uids,
+            max_concurrency=cfg.max_concurrency,
+            on_done=on_done,
+        )
+    finally:
+        bar.close()
+        if retriever is not None:
+            await retriever.aclose()
+    assert len(batch.trajectories) == len(rows) and all(s is not None for s in scores), (
+        "an example was dropped"
+    )
+
+    predictions = []
+    for row, traj, score in zip(rows, batch.trajectories, scores, strict=True):
+        predictions.append(
+            {
+                "uid": traj.uid,
+                "data_source": row["data_source"],
+                "question": row["extra_info"]["question"],
+                "golds": golds_of(row["reward_model"]["ground_truth"]),
+                "prediction": traj.final_answer,
+                "metrics": score,
+                "num_searches": traj.num_searches,
+                "finish_reason": traj.finish_reason,
+                "response": tokenizer.decode(traj.response_ids, skip_special_tokens=True),
+                "trajectory": traj.to_dict(),
+            }
+        )
+    results = {
+        "name": name,
+        "mode": cfg.mode,
+        "config": to_dict(cfg),
+        "git_commit": git_commit(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "metrics": aggregate(predictions),
+        "rollout": batch.stats.to_dict(),
+    }
+    write_outputs(out, results, predictions, cfg.samples_in_report)
+    if cfg.wandb:
+        _log_wandb(cfg, name, results, predictions)
+    return out
+
+
+def _log_wandb(cfg: EvalConfig, name: str, results: dict, predictions: list[dict]) -> None:
+    import wandb
+
+    run = wandb.init(project=cfg.wandb_project, name=name, config=results["config"], job_type="eval")
+    flat = {
+        f"{src}/{k}": v
+        for src, m in results["metrics"]["by_source"].items()
+        for k, v in m.items()
+        if isinstance(v, float)
+    }
+    flat |= {f"overall/{k}": v for k, v in results["metrics"]["overall"].items() if isinstance(v, float)}
+    run.log(flat)
+    table = wandb.Table(columns=["uid", "question", "golds", "prediction", "em", "searches", "response"])
+    for p in predictions[: max(cfg.samples_in_report, 50)]:
+        table.add_data(
+            p["uid"],
+            p["question"],
+            "; ".join(p["golds"]),
+            p["prediction"],
+            p["metrics"]["em"],
+            p["num_searches"],
+            p["response"],
+        )
+    run.log({"samples": table})
+    run.finish()
+
+
+def main(argv: list[str] | None = None) -> None:
+    from search_r1.config import parse_config
+    from search_r1.paths import CONFIG_DIR
+
+    description = (
+        "Evaluate a search agent or a baseline (merge runs: python -m search_r1.eval compare --help)."
+    )
+    cfg = parse_config(EvalConfig, description, CONFIG_DIR / "eval" / "default.yaml", argv)
+    out = asyncio.run(evaluate(cfg))
+    overall = json.loads((out / "results.json").read_text())["metrics"]["overall"]
+    print(
+        f"[eval] {overall['n']} examples  EM {overall['em']:.4f}  F1 {overall['f1']:.4f}  "
+        f"ROUGE-L {overall['rouge_l']:.4f}  -> {out}"
+    )
