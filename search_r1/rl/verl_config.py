@@ -1,0 +1,74 @@
+"""Compose our verl configs (``configs/rl/verl_*.yaml``) over verl's ``ppo_trainer.yaml`` and check them.
+
+``check`` is what ``train_ppo.sh`` runs before launching verl, and what the tests assert on:
+every key we set must exist in verl's composed defaults (a misspelled key would otherwise be
+silently added by Hydra), and verl's own ``validate_config`` must accept the result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir, initialize_config_module
+from omegaconf import DictConfig, OmegaConf
+
+from search_r1.paths import CONFIG_DIR
+
+RL_CONFIG_DIR = CONFIG_DIR / "rl"
+# Our configs start from verl's ppo_trainer.yaml, which Hydra finds through this search path
+# (it can only be set from the primary config or the command line, so it is passed here).
+SEARCHPATH = "hydra.searchpath=[pkg://verl.trainer.config]"
+
+
+def compose_config(name: str = "verl_ppo", overrides: Sequence[str] = (), config_dir: Path = RL_CONFIG_DIR) -> DictConfig:
+    """Our config ``name`` composed by Hydra exactly as ``verl.trainer.main_ppo`` would."""
+    with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base=None):
+        return compose(config_name=name, overrides=[SEARCHPATH, *overrides])
+
+
+def verl_defaults() -> DictConfig:
+    with initialize_config_module(config_module="verl.trainer.config", version_base=None):
+        return compose(config_name="ppo_trainer")
+
+
+def _leaves(node: object, prefix: str = "") -> Iterator[str]:
+    if isinstance(node, DictConfig) and len(node) > 0:
+        for key in node.keys():
+            yield from _leaves(node._get_node(key), f"{prefix}{key}.")
+    else:
+        yield prefix[:-1]
+
+
+def unknown_keys(cfg: DictConfig, defaults: DictConfig | None = None) -> list[str]:
+    """Keys of ``cfg`` that verl's composed defaults do not have (typos, renamed options)."""
+    defaults = defaults if defaults is not None else verl_defaults()
+    return [k for k in _leaves(cfg) if not _has(defaults, k)]
+
+
+def _has(node: DictConfig, path: str) -> bool:
+    for key in path.split("."):
+        if not isinstance(node, DictConfig) or key not in node.keys():
+            return False
+        node = node._get_node(key)
+    return True
+
+
+def check(name: str = "verl_ppo", overrides: Sequence[str] = ()) -> DictConfig:
+    """Compose, reject unknown keys, then run verl's ``validate_config``; returns the config."""
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.utils.config import validate_config
+
+    cfg = compose_config(name, overrides)
+    bad = unknown_keys(cfg)
+    if bad:
+        raise ValueError(f"{name}: keys unknown to verl: {bad}")
+    validate_config(cfg, use_reference_policy=need_reference_policy(cfg), use_critic=need_critic(cfg))
+    return cfg
+
+
+if __name__ == "__main__":
+    import sys
+
+    check(sys.argv[1] if len(sys.argv) > 1 else "verl_ppo", sys.argv[2:])
+    print("ok")
