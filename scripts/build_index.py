@@ -22,7 +22,9 @@ from search_r1.retrieval.config import BuildConfig  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
-    cfg = parse_config(BuildConfig, __doc__.split("\n")[0], CONFIG_DIR / "retriever" / "build_world.yaml", argv)
+    cfg = parse_config(
+        BuildConfig, __doc__.split("\n")[0], CONFIG_DIR / "retriever" / "build_world.yaml", argv
+    )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         out = build_index(cfg)
@@ -32,7 +34,9 @@ def main(argv: list[str] | None = None) -> None:
     for part in ("docstore", "dense", "bm25"):
         if part in manifest:
             m = manifest[part]
-            print(f"{part:8s} done  {m.get('passages_per_s', '-')} passages/s  peak RSS {m.get('peak_rss_mib', '-')} MiB")
+            print(
+                f"{part:8s} done  {m.get('passages_per_s', '-')} passages/s  peak RSS {m.get('peak_rss_mib', '-')} MiB"
+            )
     print(f"index ready: {out} ({manifest['n_docs']} passages)")
 
 

@@ -29,8 +29,14 @@ def _copy_tokenizer(dst: Path) -> None:
 def _tiny_bert_config():
     from transformers import BertConfig
 
-    return BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                      intermediate_size=64, max_position_embeddings=512)
+    return BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+    )
 
 
 def make_tiny_encoder(dst: Path, seed: int = 0) -> Path:
@@ -67,7 +73,9 @@ def make_corpus(path: Path, n: int = 120) -> Path:
     docs = []
     for i in range(n):
         topic = TOPICS[i % len(TOPICS)]
-        docs.append(Doc(f"doc-{i}", make_contents(f"Entity {i}", f"token{i} is a {topic} described in passage {i}.")))
+        docs.append(
+            Doc(f"doc-{i}", make_contents(f"Entity {i}", f"token{i} is a {topic} described in passage {i}."))
+        )
     write_corpus(docs, path)
     return path
 

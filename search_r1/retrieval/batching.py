@@ -10,6 +10,7 @@ batch size grows with load by itself and an idle server adds at most ``max_wait_
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -82,10 +83,8 @@ class MicroBatcher:
         while True:
             await self._has_work.wait()
             if self.max_wait > 0 and self._queued < self.max_batch:
-                try:
+                with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._full.wait(), self.max_wait)
-                except asyncio.TimeoutError:
-                    pass
             batch = self._take()
             if not batch:
                 continue

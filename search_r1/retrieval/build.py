@@ -63,7 +63,11 @@ def peak_rss_mib() -> float:
 
 def _stats(t0: float, n: int) -> dict:
     secs = time.perf_counter() - t0
-    return {"seconds": round(secs, 2), "passages_per_s": round(n / max(secs, 1e-9), 1), "peak_rss_mib": round(peak_rss_mib(), 1)}
+    return {
+        "seconds": round(secs, 2),
+        "passages_per_s": round(n / max(secs, 1e-9), 1),
+        "peak_rss_mib": round(peak_rss_mib(), 1),
+    }
 
 
 def ensure_docstore(corpus: Path, out_dir: Path, manifest: dict) -> int:
@@ -77,9 +81,7 @@ def ensure_docstore(corpus: Path, out_dir: Path, manifest: dict) -> int:
             manifest.pop(key, None)
     t0 = time.perf_counter()
     n = write_docstore(iter_corpus(corpus), out_dir)
-    manifest.update(
-        corpus=str(corpus), fingerprint=fp, n_docs=n, docstore={"done": True, **_stats(t0, n)}
-    )
+    manifest.update(corpus=str(corpus), fingerprint=fp, n_docs=n, docstore={"done": True, **_stats(t0, n)})
     _write_manifest(out_dir, manifest)
     return n
 
@@ -97,7 +99,11 @@ def build_index(cfg: BuildConfig) -> Path:
     n = ensure_docstore(corpus, out_dir, manifest)
 
     if "dense" in cfg.backends:
-        settings = {"encoder": asdict(cfg.encoder), "factory": cfg.faiss_factory, "dtype": cfg.embedding_dtype}
+        settings = {
+            "encoder": asdict(cfg.encoder),
+            "factory": cfg.faiss_factory,
+            "dtype": cfg.embedding_dtype,
+        }
         settings["encoder"].pop("device")  # where it ran does not change the vectors' meaning
         settings["encoder"].pop("batch_size")
         prev = manifest.get("dense", {})
@@ -109,11 +115,21 @@ def build_index(cfg: BuildConfig) -> Path:
             fingerprint = {"corpus": manifest["fingerprint"], **settings}
             fingerprint.pop("factory")  # a new factory string reuses the embeddings
             emb = dense.encode_corpus(
-                iter_corpus(corpus), n, encoder, out_dir / "dense",
-                chunk_size=cfg.chunk_size, dtype=cfg.embedding_dtype, fingerprint=fingerprint,
+                iter_corpus(corpus),
+                n,
+                encoder,
+                out_dir / "dense",
+                chunk_size=cfg.chunk_size,
+                dtype=cfg.embedding_dtype,
+                fingerprint=fingerprint,
             )
-            dense.build_faiss(emb, cfg.faiss_factory, out_dir / "dense" / dense.INDEX_FILE,
-                              train_size=cfg.train_size, chunk_size=cfg.chunk_size)
+            dense.build_faiss(
+                emb,
+                cfg.faiss_factory,
+                out_dir / "dense" / dense.INDEX_FILE,
+                train_size=cfg.train_size,
+                chunk_size=cfg.chunk_size,
+            )
             manifest["dense"] = {"done": True, "settings": settings, "dim": encoder.dim, **_stats(t0, n)}
             _write_manifest(out_dir, manifest)
 
@@ -151,6 +167,11 @@ def import_faiss_index(corpus: Path, faiss_file: Path, out_dir: Path, encoder: E
     settings = {"encoder": asdict(encoder), "factory": "prebuilt", "dtype": "float32"}
     settings["encoder"].pop("device")
     settings["encoder"].pop("batch_size")
-    manifest["dense"] = {"done": True, "settings": settings, "dim": int(index.d), "imported_from": str(faiss_file)}
+    manifest["dense"] = {
+        "done": True,
+        "settings": settings,
+        "dim": int(index.d),
+        "imported_from": str(faiss_file),
+    }
     _write_manifest(out_dir, manifest)
     return out_dir

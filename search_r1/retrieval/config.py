@@ -17,9 +17,13 @@ class EncoderConfig:
         metadata={"help": "HF model id or local folder; 'minilm' = the offline all-MiniLM-L6-v2 package"},
     )
     pooling: str = field(default="mean", metadata={"help": "mean | cls"})
-    normalize: bool = field(default=True, metadata={"help": "L2-normalise embeddings (inner product = cosine)"})
+    normalize: bool = field(
+        default=True, metadata={"help": "L2-normalise embeddings (inner product = cosine)"}
+    )
     query_prefix: str = field(default="", metadata={"help": "prepended to queries, e.g. 'query: ' for e5"})
-    passage_prefix: str = field(default="", metadata={"help": "prepended to passages, e.g. 'passage: ' for e5"})
+    passage_prefix: str = field(
+        default="", metadata={"help": "prepended to passages, e.g. 'passage: ' for e5"}
+    )
     max_length: int = field(default=256, metadata={"help": "token limit for passages and queries"})
     batch_size: int = field(default=64, metadata={"help": "encoder batch size"})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N"})
@@ -28,7 +32,9 @@ class EncoderConfig:
 
 @dataclass
 class BuildConfig:
-    corpus: str = field(default=str(WORLD_DIR / "corpus.jsonl"), metadata={"help": "corpus JSONL (DESIGN §3)"})
+    corpus: str = field(
+        default=str(WORLD_DIR / "corpus.jsonl"), metadata={"help": "corpus JSONL (DESIGN §3)"}
+    )
     out_dir: str = field(default=str(INDEX_DIR / "world"), metadata={"help": "index folder to create/resume"})
     backends: list[str] = field(
         default_factory=lambda: ["dense", "bm25"], metadata={"help": "any of dense, bm25"}
@@ -72,7 +78,9 @@ class ServerConfig:
     port: int = field(default=8000, metadata={"help": "TCP port"})
     token: str | None = field(
         default=None,
-        metadata={"help": "bearer token required on /retrieve (else env SEARCH_R1_RETRIEVER_TOKEN; null = open)"},
+        metadata={
+            "help": "bearer token required on /retrieve (else env SEARCH_R1_RETRIEVER_TOKEN; null = open)"
+        },
     )
     topk: int = field(default=3, metadata={"help": "default topk when a request sends none"})
     max_topk: int = field(default=100, metadata={"help": "largest topk a request may ask for"})
@@ -82,17 +90,23 @@ class ServerConfig:
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     reranker: RerankerConfig = field(default_factory=RerankerConfig)
     rrf_k: int = field(default=60, metadata={"help": "hybrid: reciprocal-rank-fusion constant"})
-    hybrid_candidates: int = field(default=50, metadata={"help": "hybrid: candidates taken from each backend"})
+    hybrid_candidates: int = field(
+        default=50, metadata={"help": "hybrid: candidates taken from each backend"}
+    )
     engine: str = field(
         default="auto",
         metadata={"help": "dense search engine: auto | faiss | torch (exact search in PyTorch)"},
     )
     gpu_devices: list[int] = field(
         default_factory=list,
-        metadata={"help": "GPUs for dense search (FAISS-GPU fp16, else torch); [] = CPU. Never all by default"},
+        metadata={
+            "help": "GPUs for dense search (FAISS-GPU fp16, else torch); [] = CPU. Never all by default"
+        },
     )
     search_params: str = field(default="", metadata={"help": "FAISS ParameterSpace string, e.g. nprobe=64"})
-    encoder_device: str = field(default="auto", metadata={"help": "query encoder device: auto | cpu | cuda:N"})
+    encoder_device: str = field(
+        default="auto", metadata={"help": "query encoder device: auto | cpu | cuda:N"}
+    )
     pyserini_index: str | None = field(
         default=None, metadata={"help": "pyserini backend: Lucene index folder or prebuilt name"}
     )

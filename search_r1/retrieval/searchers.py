@@ -90,7 +90,9 @@ class CrossEncoderReranker:
         path = resolve_model(cfg.model)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         dtype = torch.float16 if self.device.type == "cuda" else torch.float32
-        self.model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype).to(self.device).eval()
+        self.model = (
+            AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype).to(self.device).eval()
+        )
 
     @torch.inference_mode()
     def score(self, pairs: list[tuple[str, str]]) -> np.ndarray:
@@ -98,8 +100,12 @@ class CrossEncoderReranker:
         for s in range(0, len(pairs), self.cfg.batch_size):
             chunk = pairs[s : s + self.cfg.batch_size]
             batch = self.tokenizer(
-                [q for q, _ in chunk], [p for _, p in chunk], padding=True, truncation=True,
-                max_length=self.cfg.max_length, return_tensors="pt",
+                [q for q, _ in chunk],
+                [p for _, p in chunk],
+                padding=True,
+                truncation=True,
+                max_length=self.cfg.max_length,
+                return_tensors="pt",
             ).to(self.device)
             logits = self.model(**batch).logits.float()
             out.append(logits[:, 0].cpu().numpy())
@@ -110,7 +116,9 @@ class CrossEncoderReranker:
         scores = self.score(pairs).tolist()
         out, pos = [], 0
         for per in hits:
-            rescored = [Hit(h.id, h.contents, s) for h, s in zip(per, scores[pos : pos + len(per)], strict=True)]
+            rescored = [
+                Hit(h.id, h.contents, s) for h, s in zip(per, scores[pos : pos + len(per)], strict=True)
+            ]
             pos += len(per)
             out.append(sorted(rescored, key=lambda h: -h.score)[:k])
         return out
@@ -119,10 +127,23 @@ class CrossEncoderReranker:
 class Retriever:
     """What the server calls: ``retrieve(queries, k) -> hits per query``, best first."""
 
-    def __init__(self, backend: str, n_docs: int, first_stage, docstore: DocStore | None,
-                 reranker: CrossEncoderReranker | None, candidates: int, where: str):
+    def __init__(
+        self,
+        backend: str,
+        n_docs: int,
+        first_stage,
+        docstore: DocStore | None,
+        reranker: CrossEncoderReranker | None,
+        candidates: int,
+        where: str,
+    ):
         self.backend, self.n_docs, self.where = backend, n_docs, where
-        self._first, self._docs, self._reranker, self._candidates = first_stage, docstore, reranker, candidates
+        self._first, self._docs, self._reranker, self._candidates = (
+            first_stage,
+            docstore,
+            reranker,
+            candidates,
+        )
 
     def _first_stage(self, queries: list[str], k: int) -> list[list[Hit]]:
         if isinstance(self._first, PyseriniRetriever):
@@ -162,18 +183,34 @@ def load_retriever(cfg: ServerConfig) -> Retriever:
     needed = ["dense", "bm25"] if cfg.backend == "hybrid" else [cfg.backend]
     for part in needed:
         if not manifest.get(part, {}).get("done"):
-            raise FileNotFoundError(f"index {index_dir} has no finished '{part}' part (build it with backends=[{part}])")
+            raise FileNotFoundError(
+                f"index {index_dir} has no finished '{part}' part (build it with backends=[{part}])"
+            )
     parts, where = {}, []
     if "dense" in needed:
         enc_cfg = EncoderConfig(**manifest["dense"]["settings"]["encoder"], device=cfg.encoder_device)
-        engine = open_engine(index_dir / "dense", engine=cfg.engine, gpu_devices=list(cfg.gpu_devices),
-                             search_params=cfg.search_params)
+        engine = open_engine(
+            index_dir / "dense",
+            engine=cfg.engine,
+            gpu_devices=list(cfg.gpu_devices),
+            search_params=cfg.search_params,
+        )
         parts["dense"] = DenseSearcher(Encoder(enc_cfg), engine)
         where.append(engine.where)
     if "bm25" in needed:
         parts["bm25"] = BM25Searcher(index_dir / "bm25")
         where.append("bm25s")
-    first = (HybridSearcher(parts["dense"], parts["bm25"], rrf_k=cfg.rrf_k, candidates=cfg.hybrid_candidates)
-             if cfg.backend == "hybrid" else parts[cfg.backend])
-    return Retriever(cfg.backend, int(manifest["n_docs"]), first, DocStore(index_dir), reranker,
-                     cfg.reranker.candidates, "+".join(where))
+    first = (
+        HybridSearcher(parts["dense"], parts["bm25"], rrf_k=cfg.rrf_k, candidates=cfg.hybrid_candidates)
+        if cfg.backend == "hybrid"
+        else parts[cfg.backend]
+    )
+    return Retriever(
+        cfg.backend,
+        int(manifest["n_docs"]),
+        first,
+        DocStore(index_dir),
+        reranker,
+        cfg.reranker.candidates,
+        "+".join(where),
+    )

@@ -94,7 +94,9 @@ def parse_request(raw: bytes, cfg: ServerConfig) -> tuple[list[str], int, bool]:
         if not q.strip():
             raise BadRequest(422, f"queries[{i}] is empty")
         if len(q) > cfg.max_query_chars:
-            raise BadRequest(413, f"queries[{i}] has {len(q)} characters > max_query_chars={cfg.max_query_chars}")
+            raise BadRequest(
+                413, f"queries[{i}] has {len(q)} characters > max_query_chars={cfg.max_query_chars}"
+            )
     topk = body.get("topk")
     if topk is None:
         topk = cfg.topk
@@ -110,8 +112,12 @@ def parse_request(raw: bytes, cfg: ServerConfig) -> tuple[list[str], int, bool]:
 
 def format_result(hits: list[list[Hit]], return_scores: bool) -> dict:
     if return_scores:
-        return {"result": [[{"document": {"id": h.id, "contents": h.contents}, "score": h.score} for h in per]
-                           for per in hits]}
+        return {
+            "result": [
+                [{"document": {"id": h.id, "contents": h.contents}, "score": h.score} for h in per]
+                for per in hits
+            ]
+        }
     return {"result": [[{"id": h.id, "contents": h.contents} for h in per] for per in hits]}
 
 
@@ -141,8 +147,12 @@ def create_app(cfg: ServerConfig, retriever: Retriever) -> FastAPI:
         await asyncio.get_running_loop().run_in_executor(executor, retriever.retrieve, ["warm up"], 1)
         batcher = None
         if cfg.batching.enabled:
-            batcher = MicroBatcher(retriever.retrieve, executor, max_batch=cfg.batching.max_batch,
-                                   max_wait_ms=cfg.batching.max_wait_ms)
+            batcher = MicroBatcher(
+                retriever.retrieve,
+                executor,
+                max_batch=cfg.batching.max_batch,
+                max_wait_ms=cfg.batching.max_wait_ms,
+            )
             batcher.start()
         state.update(executor=executor, batcher=batcher)
         try:
@@ -188,11 +198,19 @@ def create_app(cfg: ServerConfig, retriever: Retriever) -> FastAPI:
     @app.post(
         "/retrieve",
         response_model=RetrieveResponse,
-        openapi_extra={"requestBody": {"required": True, "content": {
-            "application/json": {"schema": RetrieveRequest.model_json_schema()}}}},
-        responses={400: {"description": "bad JSON/UTF-8"}, 401: {"description": "auth"},
-                   413: {"description": "size limits"}, 415: {"description": "not JSON"},
-                   422: {"description": "invalid fields"}},
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": RetrieveRequest.model_json_schema()}},
+            }
+        },
+        responses={
+            400: {"description": "bad JSON/UTF-8"},
+            401: {"description": "auth"},
+            413: {"description": "size limits"},
+            415: {"description": "not JSON"},
+            422: {"description": "invalid fields"},
+        },
     )
     async def retrieve(request: Request) -> Response:
         """Top-k passages per query; `return_scores` wraps each as `{document, score}`."""
@@ -207,27 +225,39 @@ def create_app(cfg: ServerConfig, retriever: Retriever) -> FastAPI:
         if batcher is not None:
             hits = await batcher.submit(queries, k)
         else:
-            hits = await asyncio.get_running_loop().run_in_executor(state["executor"], retriever.retrieve, queries, k)
+            hits = await asyncio.get_running_loop().run_in_executor(
+                state["executor"], retriever.retrieve, queries, k
+            )
         return json_response(format_result(hits, return_scores))
 
     @app.get("/health")
     async def health() -> Response:
         """Liveness plus what is being served (no auth, no secrets)."""
         batcher: MicroBatcher | None = state.get("batcher")
-        return json_response({
-            "status": "ok",
-            "backend": retriever.backend,
-            "engine": retriever.where,
-            "n_docs": retriever.n_docs,
-            "reranker": cfg.reranker.model,
-            "batching": {"enabled": batcher is not None, "max_batch": cfg.batching.max_batch,
-                         "max_wait_ms": cfg.batching.max_wait_ms,
-                         "batches": batcher.batches if batcher else 0,
-                         "queries": batcher.batched_queries if batcher else 0},
-            "limits": {"topk": cfg.topk, "max_topk": cfg.max_topk, "max_queries": cfg.max_queries,
-                       "max_query_chars": cfg.max_query_chars, "max_body_bytes": cfg.max_body_bytes},
-            "auth": token is not None,
-        })
+        return json_response(
+            {
+                "status": "ok",
+                "backend": retriever.backend,
+                "engine": retriever.where,
+                "n_docs": retriever.n_docs,
+                "reranker": cfg.reranker.model,
+                "batching": {
+                    "enabled": batcher is not None,
+                    "max_batch": cfg.batching.max_batch,
+                    "max_wait_ms": cfg.batching.max_wait_ms,
+                    "batches": batcher.batches if batcher else 0,
+                    "queries": batcher.batched_queries if batcher else 0,
+                },
+                "limits": {
+                    "topk": cfg.topk,
+                    "max_topk": cfg.max_topk,
+                    "max_queries": cfg.max_queries,
+                    "max_query_chars": cfg.max_query_chars,
+                    "max_body_bytes": cfg.max_body_bytes,
+                },
+                "auth": token is not None,
+            }
+        )
 
     return app
 
@@ -239,8 +269,9 @@ def main(argv: list[str] | None = None) -> None:
     from search_r1.paths import CONFIG_DIR
     from search_r1.retrieval.searchers import load_retriever
 
-    cfg = parse_config(ServerConfig, "Serve an index over HTTP (DESIGN §3).",
-                       CONFIG_DIR / "retriever" / "default.yaml", argv)
+    cfg = parse_config(
+        ServerConfig, "Serve an index over HTTP (DESIGN §3).", CONFIG_DIR / "retriever" / "default.yaml", argv
+    )
     logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if cfg.host not in ("127.0.0.1", "localhost", "::1") and not (cfg.token or os.environ.get(TOKEN_ENV)):
         log.warning("binding %s without a token: anyone who can reach this port can query", cfg.host)
@@ -250,10 +281,14 @@ def main(argv: list[str] | None = None) -> None:
         die(str(exc))
     app = create_app(cfg, retriever)
     host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
-    print(f"serving {retriever.backend} ({retriever.where}, {retriever.n_docs} passages) on "
-          f"http://{host}:{cfg.port}  —  API docs: http://{host}:{cfg.port}/docs", flush=True)
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level, access_log=False,
-                timeout_keep_alive=30)
+    print(
+        f"serving {retriever.backend} ({retriever.where}, {retriever.n_docs} passages) on "
+        f"http://{host}:{cfg.port}  —  API docs: http://{host}:{cfg.port}/docs",
+        flush=True,
+    )
+    uvicorn.run(
+        app, host=cfg.host, port=cfg.port, log_level=cfg.log_level, access_log=False, timeout_keep_alive=30
+    )
 
 
 if __name__ == "__main__":
