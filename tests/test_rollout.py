@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -237,3 +238,102 @@ def test_observation_that_does_not_fit_ends_with_length(toy) -> None:
     traj = _episode(tok, [("<search>capital of Zorland</search>", "stop")], cfg=cfg)
     assert traj.finish_reason == "length" and 0 not in traj.response_mask
     assert len(traj.response_ids) <= 40
+
+
+# --- OpenAI-compatible and vLLM engines (no server / no vLLM needed) -----------------------------
+
+
+def _openai_engine(tok, reply: dict, seen: list):
+    import httpx
+
+    from search_r1.agent.engines.openai import OpenAIEngine
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(json.loads(request.content))
+        return httpx.Response(200, json={"choices": [reply]})
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    return OpenAIEngine("http://teacher/v1", "big-model", tok, client=client)
+
+
+@pytest.mark.parametrize(
+    ("reply", "text", "reason", "stop"),
+    [
+        (
+            {"text": "<think>a</think><search> q", "finish_reason": "stop", "stop_reason": "</search>"},
+            "<think>a</think><search> q</search>",
+            "stop",
+            "</search>",
+        ),
+        (
+            {"text": "<answer> x", "finish_reason": "stop"},
+            "<answer> x</answer>",
+            "stop",
+            "</answer>",
+        ),  # inferred
+        ({"text": "no tags", "finish_reason": "stop", "stop_reason": None}, "no tags", "eos", None),
+        ({"text": "<answer> x", "finish_reason": "length"}, "<answer> x", "length", None),
+    ],
+)
+def test_openai_engine_reattaches_stop_strings(toy, reply, text, reason, stop) -> None:
+    _, tok = toy
+    seen: list = []
+    engine = _openai_engine(tok, reply, seen)
+    res = asyncio.run(
+        engine.generate(
+            prompt_ids(tok), SamplingParams(temperature=0, max_new_tokens=9, stop=list(STOP_STRINGS))
+        )
+    )
+    expected = tok.encode(text, add_special_tokens=False) + ([tok.eos_token_id] if reason == "eos" else [])
+    assert res.token_ids == expected and res.finish_reason == reason and res.stop_string == stop
+    body = seen[0]
+    assert body["temperature"] == 0.0 and body["top_p"] == 1.0 and "top_k" not in body  # greedy is greedy
+    assert body["stop"] == list(STOP_STRINGS) and body["max_tokens"] == 9 and body["model"] == "big-model"
+    assert body["prompt"] == tok.decode(prompt_ids(tok))
+
+
+def test_openai_engine_errors(toy) -> None:
+    import httpx
+
+    from search_r1.agent.engines.openai import EngineHTTPError, OpenAIEngine
+
+    _, tok = toy
+    calls = []
+
+    def handler(request):
+        calls.append(1)
+        return httpx.Response(503 if len(calls) < 3 else 400, text="nope")
+
+    engine = OpenAIEngine(
+        "http://t/v1",
+        "m",
+        tok,
+        max_retries=3,
+        client=httpx.AsyncClient(transport=httpx.MockTransport(handler)),
+    )
+    with pytest.raises(EngineHTTPError, match="HTTP 400"):
+        asyncio.run(engine.generate([1, 2], SamplingParams(temperature=0)))
+    assert len(calls) == 3  # two retried 503s, then a 400 that is not retried
+
+
+def test_vllm_sampling_translation_and_missing_vllm() -> None:
+    from search_r1.agent.engines.registry import make_engine
+    from search_r1.agent.engines.vllm import finish_reason, vllm_sampling_kwargs
+
+    greedy = vllm_sampling_kwargs(SamplingParams(temperature=0, top_k=5, top_p=0.5, stop=["</search>"]))
+    assert greedy["temperature"] == 0.0 and greedy["top_k"] == -1 and greedy["top_p"] == 1.0
+    assert greedy["include_stop_str_in_output"] and greedy["repetition_penalty"] == 1.0
+    sampled = vllm_sampling_kwargs(SamplingParams(temperature=0.7, top_k=5, logprobs=True))
+    assert sampled["top_k"] == 5 and sampled["logprobs"] == 0
+    assert (
+        finish_reason("stop", "</answer>"),
+        finish_reason("stop", None),
+        finish_reason("length", None),
+    ) == ("stop", "eos", "length")
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="engine=vllm needs vLLM"):
+            make_engine("vllm", model="x")
+    with pytest.raises(ValueError, match="unknown engine"):
+        make_engine("nope")
