@@ -16,7 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
-from search_r1.retrieval.searchers import Hit
+from search_r1.retrieval.hits import Hit
 
 SearchFn = Callable[[list[str], int], list[list[Hit]]]
 

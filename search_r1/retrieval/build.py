@@ -22,8 +22,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 from search_r1.data.corpus import iter_corpus
-from search_r1.retrieval import dense
-from search_r1.retrieval.bm25 import build_bm25
 from search_r1.retrieval.config import BuildConfig, EncoderConfig
 from search_r1.retrieval.docstore import write_docstore
 
@@ -99,6 +97,8 @@ def build_index(cfg: BuildConfig) -> Path:
     n = ensure_docstore(corpus, out_dir, manifest)
 
     if "dense" in cfg.backends:
+        from search_r1.retrieval import dense
+
         settings = {
             "encoder": asdict(cfg.encoder),
             "factory": cfg.faiss_factory,
@@ -134,6 +134,8 @@ def build_index(cfg: BuildConfig) -> Path:
             _write_manifest(out_dir, manifest)
 
     if "bm25" in cfg.backends:
+        from search_r1.retrieval.bm25 import build_bm25
+
         settings = {"stopwords": cfg.bm25_stopwords}
         prev = manifest.get("bm25", {})
         if not (prev.get("done") and prev.get("settings") == settings):
@@ -150,6 +152,8 @@ def import_faiss_index(corpus: Path, faiss_file: Path, out_dir: Path, encoder: E
     The FAISS file is hard-linked (or moved) into ``out_dir/dense``; rows must be in corpus order.
     """
     import faiss
+
+    from search_r1.retrieval import dense
 
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = read_manifest(out_dir)

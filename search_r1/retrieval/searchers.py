@@ -8,7 +8,6 @@ docstore and optionally reranks. Everything here is synchronous and called from 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -21,15 +20,9 @@ from search_r1.retrieval.config import EncoderConfig, RerankerConfig, ServerConf
 from search_r1.retrieval.dense import open_engine
 from search_r1.retrieval.docstore import DocStore
 from search_r1.retrieval.encoder import Encoder, resolve_device, resolve_model
+from search_r1.retrieval.hits import Hit
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Hit:
-    id: str
-    contents: str
-    score: float
 
 
 class RowSearcher(Protocol):

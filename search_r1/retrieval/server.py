@@ -16,7 +16,7 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from fastapi import FastAPI, Request
@@ -27,7 +27,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from search_r1.retrieval.batching import MicroBatcher
 from search_r1.retrieval.config import ServerConfig
-from search_r1.retrieval.searchers import Hit, Retriever
+from search_r1.retrieval.hits import Hit
+
+if TYPE_CHECKING:
+    from search_r1.retrieval.searchers import Retriever
 
 log = logging.getLogger(__name__)
 
@@ -267,7 +270,6 @@ def main(argv: list[str] | None = None) -> None:
 
     from search_r1.config import die, parse_config
     from search_r1.paths import CONFIG_DIR
-    from search_r1.retrieval.searchers import load_retriever
 
     cfg = parse_config(
         ServerConfig, "Serve an index over HTTP (DESIGN §3).", CONFIG_DIR / "retriever" / "default.yaml", argv
@@ -275,6 +277,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if cfg.host not in ("127.0.0.1", "localhost", "::1") and not (cfg.token or os.environ.get(TOKEN_ENV)):
         log.warning("binding %s without a token: anyone who can reach this port can query", cfg.host)
+    from search_r1.retrieval.searchers import load_retriever  # heavy (torch, FAISS): after --help
+
     try:
         retriever = load_retriever(cfg)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
