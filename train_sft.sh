@@ -21,17 +21,20 @@ ARGS=(--config "$CONFIG" "$@")
 # Resolved settings (model, world, run dir, retriever) from the same typed config the stages use.
 eval "$("$PY" - "${ARGS[@]}" <<'PYEOF'
 import shlex, sys
+from pathlib import Path
 from search_r1.config import parse_config
+from search_r1.paths import MODELS_DIR
 from sft.config import DEFAULT_CONFIG, SFTConfig
 c = parse_config(SFTConfig, "train_sft", DEFAULT_CONFIG, sys.argv[1:])
 for k, v in dict(MODEL=c.model, WORLD=c.world_dir, RUN=c.root, URL=c.generate.retriever_url,
-                 TEACHER=c.teacher.kind, PROTOCOL=c.generate.protocol, MERGE=int(c.merge)).items():
+                 PROTOCOL=c.generate.protocol, MERGE=int(c.merge),
+                 TINY=int(Path(c.model) == MODELS_DIR / "tiny-base")).items():
     print(f"{k}={shlex.quote(str(v))}")
 PYEOF
 )"
 
 echo "[train_sft] config $CONFIG -> $RUN"
-if [[ "$TEACHER" == "oracle" ]]; then
+if [[ "$TINY" == 1 ]]; then  # the default student: build the world and the tiny base model if missing
   "$PY" -c "from search_r1.world.setup import ensure_world, ensure_tiny_model; ensure_tiny_model(ensure_world())"
 fi
 
