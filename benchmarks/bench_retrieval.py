@@ -64,6 +64,9 @@ class BenchConfig:
     build_dense_docs: int = field(
         default=384, metadata={"help": "passages for the dense build test (CPU is slow)"}
     )
+    gpu: bool = field(
+        default=False, metadata={"help": "exact fp16 search over 1M×768 random vectors on cuda:0"}
+    )
     recall: bool = field(default=True, metadata={"help": "run the recall test"})
     recall_backends: list[str] = field(
         default_factory=lambda: ["dense", "bm25", "hybrid"], metadata={"help": "backends for the recall test"}
@@ -256,6 +259,54 @@ def bench_build(cfg: BenchConfig) -> list[dict]:
     return rows
 
 
+# --- GPU exact search ---------------------------------------------------------------------------------
+
+
+def bench_gpu(n: int = 1_000_000, dim: int = 768, batch: int = 512, iters: int = 20) -> dict:
+    """TorchExactEngine over random fp16 vectors vs the bandwidth and fp16-FLOP bounds of one pass."""
+    import torch
+
+    from search_r1.retrieval.dense import TorchExactEngine
+
+    props = torch.cuda.get_device_properties(0)
+    engine = TorchExactEngine(np.zeros((1, dim), np.float32), "cuda:0")
+    engine.matrix = torch.randn(n, dim, device="cuda:0", dtype=torch.float16)  # skip the host upload
+    engine.block_rows = n
+    q = np.random.default_rng(0).standard_normal((batch, dim)).astype(np.float32)
+    engine.search(q, 10)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        engine.search(q, 10)
+    torch.cuda.synchronize()
+    secs = (time.perf_counter() - t0) / iters
+    # Memory bound: one read of the fp16 matrix per batch; measure achievable bandwidth with a copy.
+    buf = torch.empty_like(engine.matrix)
+    torch.cuda.synchronize()
+    t1 = time.perf_counter()
+    for _ in range(5):
+        buf.copy_(engine.matrix)
+    torch.cuda.synchronize()
+    bw = 2 * engine.matrix.numel() * 2 * 5 / (time.perf_counter() - t1)  # read + write bytes/s
+    bytes_per_batch = n * dim * 2
+    row = {
+        "device": props.name,
+        "n": n,
+        "dim": dim,
+        "batch": batch,
+        "qps": batch / secs,
+        "ms_per_batch": secs * 1000,
+        "measured_copy_bandwidth_gbs": bw / 1e9,
+        "bandwidth_bound_qps": batch / (bytes_per_batch / bw),
+    }
+    print(
+        f"gpu exact search: {row['qps']:.0f} q/s at batch {batch} ({row['ms_per_batch']:.2f} ms/batch); "
+        f"bandwidth bound {row['bandwidth_bound_qps']:.0f} q/s",
+        flush=True,
+    )
+    return row
+
+
 # --- recall -------------------------------------------------------------------------------------------
 
 
@@ -332,6 +383,17 @@ def render(cfg: BenchConfig, res: dict, command: str) -> str:
             for t in res["targets"]
         ]
         out.append("")
+    if res.get("gpu"):
+        g = res["gpu"]
+        out += [
+            "### GPU exact search (torch engine)",
+            "",
+            f"{g['device']}: {g['n']:,} × {g['dim']} fp16 random vectors, batch {g['batch']}: "
+            f"**{g['qps']:.0f} q/s** ({g['ms_per_batch']:.2f} ms per batch); memory-bandwidth bound "
+            f"{g['bandwidth_bound_qps']:.0f} q/s (one pass over the matrix at the measured copy bandwidth "
+            f"{g['measured_copy_bandwidth_gbs']:.0f} GB/s).",
+            "",
+        ]
     if res.get("build"):
         out += [
             "### Index build",
@@ -423,6 +485,8 @@ def main(argv: list[str] | None = None) -> None:
                     "http_batched_request_vs_inprocess": big / inproc.get(cfg.request_batch, inproc[32]),
                 }
             )
+    if cfg.gpu:
+        res["gpu"] = bench_gpu()
     if cfg.build:
         res["build"] = bench_build(cfg)
     if cfg.recall:

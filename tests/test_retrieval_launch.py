@@ -110,7 +110,9 @@ def test_launch_without_arguments_serves_the_world_on_8000(world):
     try:
         assert "http://127.0.0.1:8000/docs" in line
         health = _wait_healthy("http://127.0.0.1:8000")
-        assert health["backend"] == "dense" and health["n_docs"] == sum(1 for _ in Path(world.corpus).open())
+        assert health["backend"] == "dense" and health["n_docs"] == len(
+            Path(world.corpus).read_text().splitlines()
+        )
         assert (INDEX_DIR / "world" / "manifest.json").exists()
     finally:
         _stop(proc)

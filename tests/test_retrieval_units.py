@@ -446,3 +446,17 @@ def test_corpus_rows_match_docstore(small_index):
     docs = list(iter_corpus(read_manifest(small_index)["corpus"]))
     store = DocStore(small_index)
     assert store.get(np.arange(len(docs))) == [(d.id, d.contents) for d in docs]
+
+
+@pytest.mark.gpu
+def test_torch_exact_engine_on_gpu_matches_cpu():
+    rng = np.random.default_rng(3)
+    vecs = rng.standard_normal((5000, 64)).astype(np.float32)
+    q = rng.standard_normal((16, 64)).astype(np.float32)
+    cpu = dense.TorchExactEngine(vecs, "cpu")
+    gpu = dense.TorchExactEngine(vecs, "cuda:0", block_rows=1024)
+    assert gpu.matrix.dtype.is_floating_point and gpu.matrix.element_size() == 2  # fp16 on GPU
+    cs, cr = cpu.search(q, 10)
+    gs, gr = gpu.search(q, 10)
+    np.testing.assert_allclose(gs, cs, atol=0.05)  # fp16 rounding
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(cr, gr, strict=True)]) > 0.9
