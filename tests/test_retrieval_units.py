@@ -460,3 +460,39 @@ def test_torch_exact_engine_on_gpu_matches_cpu():
     gs, gr = gpu.search(q, 10)
     np.testing.assert_allclose(gs, cs, atol=0.05)  # fp16 rounding
     assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(cr, gr, strict=True)]) > 0.9
+
+
+class _FlakyRetriever:
+    """Stands in for a Retriever whose search raises on one query (a bug, an OOM)."""
+
+    backend, where, n_docs = "fake", "none", 1
+
+    def retrieve(self, queries, k):
+        if "explode" in queries:
+            raise RuntimeError("index exploded")
+        return [[Hit("1", '"T"\nx', 1.0)] for _ in queries]
+
+
+@pytest.mark.parametrize("batching", [True, False])
+def test_search_failure_is_a_json_500_and_the_server_lives_on(batching):
+    import httpx
+
+    from search_r1.retrieval.config import BatchingConfig
+    from search_r1.retrieval.local import serve_in_thread
+
+    cfg = ServerConfig(port=0, batching=BatchingConfig(enabled=batching))
+    with serve_in_thread(cfg, _FlakyRetriever()) as url, httpx.Client(verify=False) as http:
+        r = http.post(f"{url}/retrieve", json={"queries": ["explode"]})
+        assert r.status_code == 500 and "index exploded" in r.json()["error"]
+        ok = http.post(f"{url}/retrieve", json={"queries": ["fine"], "return_scores": True})
+        assert ok.json() == {"result": [[{"document": {"id": "1", "contents": '"T"\nx'}, "score": 1.0}]]}
+        with RetrieverClient(url, max_retries=1, backoff=0.01) as client, pytest.raises(RetrieverUnavailable):
+            client.retrieve(["explode"])
+
+
+def test_auto_devices_only_use_named_gpus():
+    from search_r1.retrieval.searchers import _device
+
+    assert _device("auto", []) == "cpu"
+    assert _device("auto", [3, 1]) == "cuda:3"
+    assert _device("cuda:2", []) == "cuda:2"

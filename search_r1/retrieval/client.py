@@ -140,7 +140,7 @@ class AsyncRetrieverClient:
         queries = list(queries)
         if not queries:
             return []
-        payload = {"queries": queries, "topk": topk or self.topk, "return_scores": True}
+        payload = {"queries": queries, "topk": self.topk if topk is None else topk, "return_scores": True}
         body = await self._request("POST", "/retrieve", json=payload)
         return parse_response(body, len(queries))
 
@@ -203,7 +203,11 @@ class RetrieverClient:
         async def make() -> AsyncRetrieverClient:
             return AsyncRetrieverClient(url, **kwargs)
 
-        self._client = self._run(make())
+        try:
+            self._client = self._run(make())
+        except BaseException:  # bad arguments: do not leak the loop thread
+            self._stop_loop()
+            raise
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         if self._closed:
@@ -225,6 +229,9 @@ class RetrieverClient:
         if self._closed:
             return
         self._run(self._client.aclose())
+        self._stop_loop()
+
+    def _stop_loop(self) -> None:
         self._closed = True
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)

@@ -67,7 +67,9 @@ class RerankerConfig:
     candidates: int = field(default=20, metadata={"help": "k' first-stage candidates reranked down to topk"})
     max_length: int = field(default=256, metadata={"help": "token limit per (query, passage) pair"})
     batch_size: int = field(default=64, metadata={"help": "pairs per cross-encoder forward"})
-    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda:N"})
+    device: str = field(
+        default="auto", metadata={"help": "auto (= first of gpu_devices, else cpu) | cpu | cuda:N"}
+    )
 
 
 @dataclass
@@ -105,7 +107,8 @@ class ServerConfig:
     )
     search_params: str = field(default="", metadata={"help": "FAISS ParameterSpace string, e.g. nprobe=64"})
     encoder_device: str = field(
-        default="auto", metadata={"help": "query encoder device: auto | cpu | cuda:N"}
+        default="auto",
+        metadata={"help": "query encoder: auto (= first of gpu_devices, else cpu) | cpu | cuda:N"},
     )
     pyserini_index: str | None = field(
         default=None, metadata={"help": "pyserini backend: Lucene index folder or prebuilt name"}

@@ -8,6 +8,7 @@ docstore and optionally reranks. Everything here is synchronous and called from 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
@@ -159,9 +160,20 @@ class Retriever:
         return self._reranker.rerank(queries, hits, k)
 
 
+def _device(requested: str, gpu_devices: list[int]) -> str:
+    """``auto`` means the first GPU the config names, else the CPU: the server never takes a GPU
+    nobody gave it (on a training node cuda:0 usually belongs to the trainer)."""
+    if requested != "auto":
+        return requested
+    return f"cuda:{gpu_devices[0]}" if gpu_devices else "cpu"
+
+
 def load_retriever(cfg: ServerConfig) -> Retriever:
     """Open the backend named by ``cfg.backend`` from ``cfg.index_dir`` (see the build manifest)."""
-    reranker = CrossEncoderReranker(cfg.reranker) if cfg.reranker.model else None
+    reranker = None
+    if cfg.reranker.model:
+        rr_cfg = replace(cfg.reranker, device=_device(cfg.reranker.device, list(cfg.gpu_devices)))
+        reranker = CrossEncoderReranker(rr_cfg)
     if cfg.backend == "pyserini":
         if not cfg.pyserini_index:
             raise ValueError("backend=pyserini needs pyserini_index=<Lucene index folder or prebuilt name>")
@@ -181,7 +193,10 @@ def load_retriever(cfg: ServerConfig) -> Retriever:
             )
     parts, where = {}, []
     if "dense" in needed:
-        enc_cfg = EncoderConfig(**manifest["dense"]["settings"]["encoder"], device=cfg.encoder_device)
+        enc_cfg = EncoderConfig(
+            **manifest["dense"]["settings"]["encoder"],
+            device=_device(cfg.encoder_device, list(cfg.gpu_devices)),
+        )
         engine = open_engine(
             index_dir / "dense",
             engine=cfg.engine,

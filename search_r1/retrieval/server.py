@@ -225,12 +225,18 @@ def create_app(cfg: ServerConfig, retriever: Retriever) -> FastAPI:
         if not queries:
             return json_response({"result": []})
         batcher: MicroBatcher | None = state["batcher"]
-        if batcher is not None:
-            hits = await batcher.submit(queries, k)
-        else:
-            hits = await asyncio.get_running_loop().run_in_executor(
-                state["executor"], retriever.retrieve, queries, k
-            )
+        try:
+            if batcher is not None:
+                hits = await batcher.submit(queries, k)
+            else:
+                hits = await asyncio.get_running_loop().run_in_executor(
+                    state["executor"], retriever.retrieve, queries, k
+                )
+        except (
+            Exception
+        ) as exc:  # answered here: Starlette's last-resort handler re-raises and drops the connection
+            log.exception("search failed")
+            return error_response(500, f"search failed: {type(exc).__name__}: {exc}")
         return json_response(format_result(hits, return_scores))
 
     @app.get("/health")
