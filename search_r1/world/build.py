@@ -46,6 +46,12 @@ class WorldConfig:
     )
     prompt_template: str = field(default="compact", metadata={"help": "prompt template for the parquet rows"})
 
+    def __post_init__(self) -> None:
+        if len(self.split_fractions) != 3 or abs(sum(self.split_fractions) - 1) > 1e-6:
+            raise ValueError(f"split_fractions must be three shares summing to 1, got {self.split_fractions}")
+        if not 0 <= self.known_fraction <= 1:
+            raise ValueError(f"known_fraction must be in [0, 1], got {self.known_fraction}")
+
 
 @dataclass
 class World:

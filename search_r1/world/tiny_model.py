@@ -23,6 +23,7 @@ from tqdm import tqdm
 from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from search_r1.config import parse_config, to_dict
+from search_r1.data.corpus import iter_corpus
 from search_r1.paths import CONFIG_DIR, MODELS_DIR, WORLD_DIR
 from search_r1.world.build import World
 from search_r1.world.pretrain_data import Example, build_examples
@@ -36,7 +37,7 @@ class TinyModelConfig:
     world_dir: str = field(default=str(WORLD_DIR), metadata={"help": "a built world (search_r1.world.build)"})
     out_dir: str = field(default=str(MODELS_DIR / "tiny-base"), metadata={"help": "output HF folder"})
     seed: int = field(default=0, metadata={"help": "initialisation and data-order seed"})
-    vocab_size: int = field(default=3072, metadata={"help": "BPE vocabulary (before the protocol tags)"})
+    vocab_size: int = field(default=4096, metadata={"help": "BPE vocabulary (before the protocol tags)"})
     hidden_size: int = field(default=192, metadata={"help": "model width"})
     num_layers: int = field(default=4, metadata={"help": "transformer blocks"})
     num_heads: int = field(default=6, metadata={"help": "attention heads"})
@@ -48,7 +49,10 @@ class TinyModelConfig:
     lr: float = field(default=3e-3, metadata={"help": "peak AdamW learning rate (cosine decay to 10%)"})
     warmup: int = field(default=30, metadata={"help": "linear warm-up steps"})
     closed_book_repeats: int = field(default=4, metadata={"help": "copies of each known fact per data epoch"})
-    max_wiki_passages: int = field(default=500, metadata={"help": "Wikipedia passages in the LM mix"})
+    max_wiki_passages: int = field(default=100, metadata={"help": "Wikipedia passages in the LM mix"})
+    tokenizer_wiki_passages: int = field(
+        default=300, metadata={"help": "Wikipedia passages in the tokenizer's training text (the rest is world text)"}
+    )
     threads: int = field(default=0, metadata={"help": "torch threads (0 = all cores)"})
     force: bool = field(default=False, metadata={"help": "rebuild even if the cache key matches"})
 
@@ -102,6 +106,16 @@ def _collate(items: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str,
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
+def tokenizer_texts(examples: list[Example], world: World, n_wiki: int) -> list[str]:
+    """World text dominates, so entity names become single tokens (easy to memorise and to copy);
+    a few Wikipedia passages give the common English sub-words."""
+    texts = [e.prompt[0]["content"] + "\n" + e.target for e in examples if e.prompt is not None]
+    docs = list(iter_corpus(world.corpus))
+    texts += [d.contents for d in docs if d.id.startswith("kb-")]
+    texts += [d.contents for d in docs if not d.id.startswith("kb-")][:n_wiki]
+    return texts
+
+
 def build_tiny_model(cfg: TinyModelConfig) -> Path:
     out = Path(cfg.out_dir)
     world = World(Path(cfg.world_dir))
@@ -125,7 +139,7 @@ def build_tiny_model(cfg: TinyModelConfig) -> Path:
     counts = {k: sum(e.kind == k for e in mix) for k in ("passage", "closed_book", "reading")}
     print(f"[tiny-model] data epoch: {counts}")
 
-    tok = train_tokenizer((e.target if e.prompt is None else e.prompt[0]["content"] + "\n" + e.target for e in examples), cfg.vocab_size)
+    tok = train_tokenizer(tokenizer_texts(examples, world, cfg.tokenizer_wiki_passages), cfg.vocab_size)
     data = [encode(e, tok) for e in mix]
     model = Qwen2ForCausalLM(
         Qwen2Config(
