@@ -1,6 +1,51 @@
 #!/usr/bin/env bash
-# Entry point: train_ppo (not built yet — see the open issues).
+# Post-distillation RL.
+#
+#   bash train_ppo.sh                                      # single-machine PPO on the embedded world (CPU or 1 GPU)
+#   bash train_ppo.sh trainer.total_training_steps=5       # + overrides (python -m search_r1.rl.trainer --help)
+#   bash train_ppo.sh --resume                             # continue the run from its latest checkpoint
+#   bash train_ppo.sh --config configs/rl/tiny_grpo.yaml   # another single-machine preset
+#   bash train_ppo.sh --config configs/rl/verl_ppo.yaml [hydra overrides]   # verl on a GPU node (docs/rl.md)
+#
+# Single-machine presets start from the SFT checkpoint train_sft.sh wrote for the same preset
+# (outputs/runs/sft/<preset>/merged) when there is one, else from the base model; the first line
+# says which. A config with a Hydra `defaults:` list is a verl config: it is checked against verl's
+# own defaults and validation, then run by `python -m verl.trainer.main_ppo`.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/scripts/_env.sh"
-echo "train_ppo.sh: this stage is not built yet" >&2
-exit 2
+cd "$ROOT"
+export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}" TOKENIZERS_PARALLELISM=false
+
+CONFIG=configs/rl/tiny_ppo.yaml
+if [[ "${1:-}" == "--config" ]]; then CONFIG="${2:?--config needs a file}"; shift 2; fi
+if [[ "${1:-}" == --config=* ]]; then CONFIG="${1#--config=}"; shift; fi
+
+if grep -q '^defaults:' "$CONFIG"; then
+  # verl: the config must compose over verl's defaults with no unknown keys and pass validate_config.
+  NAME="$(basename "$CONFIG" .yaml)"
+  DIR="$(cd "$(dirname "$CONFIG")" && pwd)"
+  echo "train_ppo.sh: verl PPO with $CONFIG"
+  "$PY" -m search_r1.rl.verl_config "$NAME" "$@"
+  exec "$PY" -m verl.trainer.main_ppo --config-path="$DIR" --config-name="$NAME" \
+    'hydra.searchpath=[pkg://verl.trainer.config]' "$@"
+fi
+
+# Single machine: the embedded world, its tiny model and a BM25 index (built once, cached).
+PRESET="$(basename "$CONFIG" .yaml)"; PRESET="${PRESET%%_*}"          # tiny_ppo -> tiny
+SFT="${SEARCH_R1_HOME:-outputs}/runs/sft/$PRESET/merged"
+MODEL_ARGS=()
+if [[ -f "$SFT/config.json" ]]; then
+  echo "train_ppo.sh: starting from the SFT checkpoint $SFT"
+  MODEL_ARGS=("actor_rollout_ref.model.path=$SFT")
+else
+  echo "train_ppo.sh: starting from the base model in $CONFIG (no SFT checkpoint at $SFT; run train_sft.sh first)"
+fi
+"$PY" -m search_r1.world >&2
+"$PY" - <<'PYEOF' || "$PY" scripts/build_index.py 'backends=[bm25]' >&2
+import sys
+from search_r1.paths import INDEX_DIR
+from search_r1.retrieval.build import read_manifest
+m = read_manifest(INDEX_DIR / "world")
+sys.exit(0 if all(m.get(p, {}).get("done") for p in ("docstore", "bm25")) else 1)
+PYEOF
+exec "$PY" -m search_r1.rl.trainer --config "$CONFIG" "${MODEL_ARGS[@]}" "$@"

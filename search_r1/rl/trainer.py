@@ -42,7 +42,7 @@ from search_r1.rewards import compute_score
 from search_r1.rl.algos import compute_advantages, policy_loss_config
 from search_r1.rl.batch import Batch, collate, place_outcome_reward
 from search_r1.rl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from search_r1.rl.config import PPOConfig
+from search_r1.rl.config import ActorConfig, PPOConfig
 from search_r1.rl.retriever import open_retriever
 
 
@@ -148,7 +148,7 @@ def train(cfg: PPOConfig, retriever: Retriever | None = None) -> Path:
         print(f"[ppo] resumed from {ckpt} (step {start})", flush=True)
     elif t.resume_mode not in ("auto", "disable"):
         raise ValueError(f"trainer.resume_mode must be auto | disable, got {t.resume_mode!r}")
-    log = Logger(cfg, run_dir, resumed=start > 0)
+    log = Logger(cfg, run_dir, start)
     sampling = SamplingParams(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k)
 
     with asyncio.Runner() as runner, open_retriever(cfg.retriever, runner, retriever) as retr:
@@ -222,9 +222,8 @@ def update(cfg: PPOConfig, actor, critic, actor_opt, critic_opt, policy_loss_fn,
     mini = a.ppo_mini_batch_size * r.n
     micro = a.ppo_micro_batch_size_per_gpu
     stats: dict[str, list[float]] = {}
-    gen = torch.Generator().manual_seed(cfg.trainer.seed)
     for _ in range(a.ppo_epochs):
-        perm = torch.randperm(len(b.uids), generator=gen)
+        perm = torch.randperm(len(b.uids))  # the global RNG was seeded for this step before the rollout
         for m0 in range(0, len(perm), mini):
             mini_idx = perm[m0 : m0 + mini]
             actor_opt.zero_grad(set_to_none=True)
@@ -234,21 +233,11 @@ def update(cfg: PPOConfig, actor, critic, actor_opt, critic_opt, policy_loss_fn,
                 idx = mini_idx[u0 : u0 + micro]
                 x, mask, weight = b.select(idx), b.response_mask[idx], len(idx) / len(mini_idx)
                 logp, entropy = forward_logprobs(actor, x, r.temperature, with_entropy=True)
-                pg_loss, pg_metrics = policy_loss_fn(old_log_prob=old_logp[idx], log_prob=logp,
-                                                     advantages=advantages[idx], response_mask=mask,
-                                                     loss_agg_mode=a.loss_agg_mode, config=pl_config)
-                ent = core_algos.agg_loss(entropy, mask, a.loss_agg_mode)
-                loss = pg_loss - a.entropy_coeff * ent
-                if a.use_kl_loss:
-                    kl = core_algos.agg_loss(core_algos.kl_penalty(logp, ref_logp[idx], a.kl_loss_type), mask,
-                                             a.loss_agg_mode)
-                    loss = loss + a.kl_loss_coef * kl
-                    _add(stats, "actor/kl_loss", kl.item())
+                loss, metrics = actor_loss(a, policy_loss_fn, pl_config, logp, entropy, old_logp[idx],
+                                           ref_logp[idx] if ref_logp is not None else None, advantages[idx], mask)
                 (loss * weight).backward()
-                _add(stats, "actor/pg_loss", pg_loss.item())
-                _add(stats, "actor/entropy", ent.item())
-                _add(stats, "actor/pg_clipfrac", pg_metrics["actor/pg_clipfrac"])
-                _add(stats, "actor/ppo_kl", pg_metrics["actor/ppo_kl"])
+                for k, v in metrics.items():
+                    _add(stats, k, v)
                 if critic is not None:
                     vpreds = forward_values(critic, x)
                     vf_loss, vf_clipfrac = core_algos.compute_value_loss(
@@ -264,6 +253,23 @@ def update(cfg: PPOConfig, actor, critic, actor_opt, critic_opt, policy_loss_fn,
                                                cfg.critic.grad_clip)
                 critic_opt.step()
     return {k: float(np.mean(v)) for k, v in stats.items()}
+
+
+def actor_loss(a: ActorConfig, policy_loss_fn, pl_config, logp: torch.Tensor, entropy: torch.Tensor,
+               old_logp: torch.Tensor, ref_logp: torch.Tensor | None, advantages: torch.Tensor,
+               mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    """verl's policy loss - entropy bonus + KL-to-reference loss, each aggregated with ``mask``."""
+    pg_loss, pg_metrics = policy_loss_fn(old_log_prob=old_logp, log_prob=logp, advantages=advantages,
+                                         response_mask=mask, loss_agg_mode=a.loss_agg_mode, config=pl_config)
+    ent = core_algos.agg_loss(entropy, mask, a.loss_agg_mode)
+    loss = pg_loss - a.entropy_coeff * ent
+    metrics = {"actor/pg_loss": pg_loss.item(), "actor/entropy": ent.item(),
+               "actor/pg_clipfrac": pg_metrics["actor/pg_clipfrac"], "actor/ppo_kl": pg_metrics["actor/ppo_kl"]}
+    if a.use_kl_loss:
+        kl = core_algos.agg_loss(core_algos.kl_penalty(logp, ref_logp, a.kl_loss_type), mask, a.loss_agg_mode)
+        loss = loss + a.kl_loss_coef * kl
+        metrics["actor/kl_loss"] = kl.item()
+    return loss, metrics
 
 
 def _add(stats: dict[str, list[float]], key: str, value: float) -> None:
@@ -291,8 +297,13 @@ class Logger:
                "rollout/response_length", "actor/kl_loss", "actor/entropy", "actor/pg_clipfrac", "critic/vf_loss",
                "rollout/retrieval_failures")
 
-    def __init__(self, cfg: PPOConfig, run_dir: Path, resumed: bool):
-        self.file = (run_dir / "metrics.jsonl").open("a" if resumed else "w")
+    def __init__(self, cfg: PPOConfig, run_dir: Path, start_step: int):
+        path = run_dir / "metrics.jsonl"
+        kept = []  # on resume keep the steps up to the checkpoint: steps logged after it are redone
+        if start_step > 0 and path.exists():
+            kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= start_step]
+        self.file = path.open("w")
+        self.file.writelines(line + "\n" for line in kept)
         self.wandb = None
         if "wandb" in cfg.trainer.logger:
             import wandb

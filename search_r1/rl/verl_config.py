@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir, initialize_config_module
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from search_r1.paths import CONFIG_DIR
 
@@ -34,7 +34,7 @@ def verl_defaults() -> DictConfig:
 
 def _leaves(node: object, prefix: str = "") -> Iterator[str]:
     if isinstance(node, DictConfig) and len(node) > 0:
-        for key in node.keys():
+        for key in node:
             yield from _leaves(node._get_node(key), f"{prefix}{key}.")
     else:
         yield prefix[:-1]
@@ -48,7 +48,8 @@ def unknown_keys(cfg: DictConfig, defaults: DictConfig | None = None) -> list[st
 
 def _has(node: DictConfig, path: str) -> bool:
     for key in path.split("."):
-        if not isinstance(node, DictConfig) or key not in node.keys():
+        # .keys(): `key in node` is False for a mandatory '???' value, which is still a known key
+        if not isinstance(node, DictConfig) or key not in node.keys():  # noqa: SIM118
             return False
         node = node._get_node(key)
     return True

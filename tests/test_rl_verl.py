@@ -1,0 +1,139 @@
+"""verl guarantees checkable on CPU: our Hydra configs over verl's defaults, verl loading our reward,
+and our agent loop run by verl's own AgentLoopWorker against an in-process server manager."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from agent_fixtures import QUESTION, TOY_CFG, MemoryRetriever, toy_model, toy_tokenizer  # noqa: E402
+
+from search_r1.agent.engines.base import SamplingParams  # noqa: E402
+from search_r1.agent.engines.hf import HFEngine  # noqa: E402
+from search_r1.agent.protocol import INFO_OPEN, STOP_STRINGS  # noqa: E402
+from search_r1.paths import REPO_ROOT  # noqa: E402
+from search_r1.rl.verl_config import check, compose_config  # noqa: E402
+
+CONFIGS = ("verl_ppo", "verl_grpo", "qwen2.5-3b_nq_ppo")
+
+
+@pytest.fixture(scope="module")
+def toy_dir(tmp_path_factory) -> Path:
+    """A toy Qwen2 that greedily searches once, reads, then answers (tests/agent_fixtures.py)."""
+    tok = toy_tokenizer()
+    out = tmp_path_factory.mktemp("toy")
+    toy_model(tok).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_config_composes_over_verl_defaults_and_validates(name, toy_dir) -> None:
+    cfg = check(name, [f"actor_rollout_ref.model.path={toy_dir}"])  # raises on unknown keys / invalid values
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+
+    assert cfg.actor_rollout_ref.rollout.agent.default_agent_loop == "search_r1_agent"
+    assert cfg.reward.custom_reward_function.path == "search_r1/rewards/score.py"
+    assert need_reference_policy(cfg)
+    assert need_critic(cfg) == (name != "verl_grpo")
+    assert cfg.critic.model.path == cfg.actor_rollout_ref.model.path  # actor, ref and critic start alike
+
+
+def test_misspelled_key_is_rejected(toy_dir) -> None:
+    with pytest.raises(ValueError, match=r"actor_rollout_ref\.actor\.clip_ration"):
+        check("verl_ppo", [f"actor_rollout_ref.model.path={toy_dir}", "+actor_rollout_ref.actor.clip_ration=0.1"])
+
+
+def test_verl_loads_our_reward_function(monkeypatch) -> None:
+    from verl.trainer.ppo.reward import get_custom_reward_fn
+
+    monkeypatch.chdir(REPO_ROOT)  # verl resolves custom_reward_function.path from the working directory
+    fn = get_custom_reward_fn(compose_config("verl_ppo"))
+    gold = {"target": ["Velmora"]}
+    right = fn(data_source="world", solution_str="<think>t</think><answer> Velmora </answer>", ground_truth=gold)
+    wrong = fn(data_source="world", solution_str="<think>t</think><answer> Zorland </answer>", ground_truth=gold)
+    assert right["score"] == 1.0 and right["em"] == 1.0 and wrong["score"] == 0.0
+
+
+class InProcessServerManager:
+    """verl's ``LLMServerClient.generate`` contract over the HF engine: vLLM-style sampling params in,
+    ``TokenOutput`` out (ids cut at the first stop string, the stop string included)."""
+
+    def __init__(self, engine: HFEngine):
+        self.engine, self.requests = engine, []
+
+    async def generate(self, request_id, *, prompt_ids, sampling_params, **kwargs):
+        from verl.workers.rollout.replica import TokenOutput
+
+        self.requests.append(dict(sampling_params))
+        res = await self.engine.generate(prompt_ids, SamplingParams(
+            max_new_tokens=sampling_params["max_tokens"], temperature=sampling_params["temperature"],
+            top_p=sampling_params["top_p"], top_k=max(sampling_params["top_k"], 0),
+            stop=sampling_params.get("stop", []), logprobs=sampling_params["logprobs"]))
+        return TokenOutput(token_ids=res.token_ids, log_probs=res.logprobs, stop_reason="completed")
+
+
+def test_agent_loop_in_verl_worker_returns_our_observation_mask(toy_dir, tmp_path, monkeypatch) -> None:
+    from verl.experimental.agent_loop.agent_loop import AgentLoopWorker
+    from verl.protocol import DataProto
+    from verl.trainer.ppo import core_algos
+
+    import search_r1.rl.agent_loop as agent_loop
+    from search_r1.rl.algos import policy_loss_config
+    from search_r1.rl.config import ActorConfig
+    from search_r1.rl.trainer import actor_loss
+
+    loops = tmp_path / "agent_loops.yaml"
+    overrides = [f"{k}={getattr(TOY_CFG, k)}" for k in ("max_turns", "topk", "max_obs_tokens", "max_turn_tokens",
+                                                         "max_response_tokens")]
+    loops.write_text(f"- name: search_r1_agent\n  _target_: search_r1.rl.agent_loop.SearchAgentLoop\n"
+                     f"  retriever_url: http://127.0.0.1:1\n  protocol: configs/agent/tiny.yaml\n"
+                     f"  protocol_overrides: {overrides}\n")
+    retriever = MemoryRetriever()
+    monkeypatch.setattr(agent_loop, "_client", lambda url, timeout_s: retriever)
+    cfg = compose_config("verl_ppo", [
+        f"actor_rollout_ref.model.path={toy_dir}", f"actor_rollout_ref.rollout.agent.agent_loop_config_path={loops}",
+        "data.max_prompt_length=128", "data.max_response_length=512", "actor_rollout_ref.rollout.temperature=0",
+    ])
+    tok = toy_tokenizer()
+    from transformers import AutoModelForCausalLM
+
+    manager = InProcessServerManager(HFEngine(AutoModelForCausalLM.from_pretrained(toy_dir), tok))
+    worker = AgentLoopWorker(cfg, manager)
+    n = 2
+    batch = DataProto.from_dict(non_tensors={
+        "raw_prompt": np.array([[{"role": "user", "content": QUESTION}]] * n, dtype=object),
+        "data_source": np.array(["world"] * n, dtype=object),
+        "reward_model": np.array([{"style": "rule", "ground_truth": {"target": ["Velmora"]}}] * n, dtype=object),
+        "extra_info": np.array([{"uid": f"world-train-{i}"} for i in range(n)], dtype=object),
+        "index": np.arange(n),
+    })
+    out = asyncio.run(worker.generate_sequences(batch))
+
+    assert manager.requests and all(r["stop"] == list(STOP_STRINGS) and r["include_stop_str_in_output"]
+                                    for r in manager.requests)
+    responses, mask = out.batch["responses"], out.batch["response_mask"]
+    attn = out.batch["attention_mask"][:, out.batch["prompts"].shape[1]:]
+    assert retriever.calls == n and list(out.non_tensor_batch["searches"]) == [1] * n
+    for i in range(n):
+        policy = tok.decode(responses[i][mask[i].bool()])
+        observed = tok.decode(responses[i][(mask[i] == 0) & attn[i].bool()])
+        assert "<search>" in policy and "<answer>" in policy and INFO_OPEN not in policy
+        assert observed.startswith(f"\n\n{INFO_OPEN}") and "Velmora" in observed
+        assert torch.all(mask[i][attn[i] == 0] == 0)  # padding is masked too
+
+    # verl's losses on this batch give the observation tokens zero gradient
+    m = mask.float()
+    logp = torch.randn(m.shape, requires_grad=True)
+    a = ActorConfig()
+    loss, _ = actor_loss(a, core_algos.get_policy_loss_fn("vanilla"), policy_loss_config(a), logp,
+                         torch.zeros_like(m), logp.detach() - 0.1, logp.detach() + 0.1, torch.randn(m.shape), m)
+    loss.backward()
+    assert torch.all(logp.grad[(m == 0)] == 0) and logp.grad[m > 0].abs().sum() > 0
