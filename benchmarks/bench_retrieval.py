@@ -449,6 +449,11 @@ def main(argv: list[str] | None = None) -> None:
     manifest = read_manifest(Path(cfg.index_dir))
     if not manifest.get("dense", {}).get("done") or not manifest.get("bm25", {}).get("done"):
         raise SystemExit(f"no finished index in {cfg.index_dir}: run scripts/build_index.py first")
+    import torch
+
+    from search_r1.retrieval.config import ServerConfig
+
+    torch.set_num_threads(ServerConfig().torch_threads)  # in-process parts run like the server process
     questions = load_questions(cfg.questions)
     queries = [q["question"] for q in questions]
     load = os.getloadavg()[0]

@@ -113,4 +113,11 @@ class ServerConfig:
     pyserini_index: str | None = field(
         default=None, metadata={"help": "pyserini backend: Lucene index folder or prebuilt name"}
     )
+    torch_threads: int = field(
+        default=1,
+        metadata={
+            "help": "CPU threads for torch (query encoder/reranker); 0 = torch's default. The server usually "
+            "shares its node with a trainer: oversubscribed threads made one MiniLM query 14x slower here"
+        },
+    )
     log_level: str = field(default="info", metadata={"help": "uvicorn log level"})

@@ -285,6 +285,10 @@ def main(argv: list[str] | None = None) -> None:
         log.warning("binding %s without a token: anyone who can reach this port can query", cfg.host)
     from search_r1.retrieval.searchers import load_retriever  # heavy (torch, FAISS): after --help
 
+    if cfg.torch_threads > 0:
+        import torch
+
+        torch.set_num_threads(cfg.torch_threads)  # process-wide: this process is the server
     try:
         retriever = load_retriever(cfg)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
