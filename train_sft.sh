@@ -34,6 +34,7 @@ PYEOF
 )"
 
 echo "[train_sft] config $CONFIG -> $RUN"
+mkdir -p "$RUN"
 if [[ "$TINY" == 1 ]]; then  # the default student: build the world and the tiny base model if missing
   "$PY" -c "from search_r1.world.setup import ensure_world, ensure_tiny_model; ensure_tiny_model(ensure_world())"
 fi
@@ -51,7 +52,6 @@ if ! curl -sf "$URL/health" >/dev/null 2>&1; then
   curl -sf "$URL/health" >/dev/null || { echo "retriever did not start, see $RUN.retriever.log" >&2; exit 1; }
 fi
 
-mkdir -p "$RUN"
 "$PY" -m sft.generate "${ARGS[@]}"
 "$PY" -m sft.filters "${ARGS[@]}"
 "$PY" -m sft.export "${ARGS[@]}"
