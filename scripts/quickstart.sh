@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The main job on the embedded default: set-up, then the whole experiment — world and index build,
+# retriever, teacher generation + LoRA SFT, RL from the SFT checkpoint and from the base model,
+# evaluation of the four groups on the test split, and the comparison table (printed and written to
+# docs/results/tiny.{md,png}). Runs on a 2-core CPU with no downloads beyond the package registries.
+#
+#   bash scripts/quickstart.sh                       # tiny preset
+#   bash scripts/quickstart.sh seeds=[0,1,2]         # any ExperimentConfig override (see --help)
+#   bash scripts/quickstart.sh --config configs/experiment/smol.yaml
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+bash "$ROOT/scripts/setup_env.sh"
+source "$ROOT/scripts/_env.sh"
+cd "$ROOT"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false WANDB_MODE="${WANDB_MODE:-disabled}"
+exec "$PY" -m search_r1.experiment publish=true "$@"

@@ -1,0 +1,107 @@
+"""The four-group table of the experiment: mean ± std over seeds, markdown + JSON + a bar chart."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from search_r1.config import to_dict
+
+GROUPS = {"baseline": "baseline (no SFT, no RL)", "sft": "SFT only", "rl": "RL only", "sft_rl": "SFT + RL"}
+# (key in results.json's overall metrics, column title)
+COLUMNS = [
+    ("em", "EM"),
+    ("f1", "F1"),
+    ("rouge_l", "ROUGE-L"),
+    ("searches", "searches / question"),
+    ("format_valid", "valid format"),
+]
+
+
+def summarize(results: dict[str, list[Path]]) -> dict[str, Any]:
+    """Per group: each metric's per-seed values, mean and (sample) std."""
+    table: dict[str, Any] = {}
+    for group, paths in results.items():
+        runs = [json.loads(p.read_text()) for p in paths]
+        row: dict[str, Any] = {"n_questions": runs[0]["metrics"]["overall"]["n"], "seeds": len(runs)}
+        for key, _ in COLUMNS:
+            values = [r["metrics"]["overall"][key] for r in runs]
+            row[key] = {
+                "values": values,
+                "mean": statistics.fmean(values),
+                "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            }
+        table[group] = row
+    definitions = json.loads(results["baseline"][0].read_text())["metrics"].get("definitions", {})
+    return {"groups": table, "definitions": definitions}
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    head = ["group", "seeds", *(title for _, title in COLUMNS)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for group, row in summary["groups"].items():
+        cells = [GROUPS[group], str(row["seeds"])]
+        for key, _ in COLUMNS:
+            m, s = row[key]["mean"], row[key]["std"]
+            cells.append(f"{m:.4f} ± {s:.4f}" if row["seeds"] > 1 else f"{m:.4f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def bar_chart(summary: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [c for c in COLUMNS if c[0] in ("em", "f1", "rouge_l")]
+    groups = list(summary["groups"])
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    width = 0.8 / len(metrics)
+    for i, (key, title) in enumerate(metrics):
+        xs = [g + i * width for g in range(len(groups))]
+        means = [summary["groups"][g][key]["mean"] for g in groups]
+        stds = [summary["groups"][g][key]["std"] for g in groups]
+        ax.bar(xs, means, width, yerr=stds, capsize=3, label=title)
+    ax.set_xticks([g + width * (len(metrics) - 1) / 2 for g in range(len(groups))], [GROUPS[g] for g in groups])
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("score (test split)")
+    ax.legend(loc="upper left")
+    ax.set_title("Four experiment groups (mean ± std over seeds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def write_report(summary: dict[str, Any], cfg: Any, root: Path, publish_dir: Path | None) -> None:
+    summary = summary | {"config": to_dict(cfg), "git_commit": git_commit()}
+    table = markdown(summary)
+    minutes = summary["seconds"] / 60
+    body = (
+        f"# Experiment `{cfg.preset}`\n\n{table}\n"
+        f"Commit `{summary['git_commit']}`, seeds {cfg.seeds}, {minutes:.1f} min wall clock. "
+        f"Test files: {', '.join(cfg.test_files)}. Greedy decoding; every test question evaluated.\n\n"
+        "How each metric is computed:\n\n"
+        + "".join(f"- **{k}**: {v}\n" for k, v in summary["definitions"].items())
+    )
+    (root / "results.md").write_text(body)
+    (root / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+    bar_chart(summary, root / "results.png")
+    print("\n" + table, flush=True)
+    print(f"[experiment] {minutes:.1f} min; table: {root / 'results.md'}, chart: {root / 'results.png'}", flush=True)
+    if publish_dir is not None:
+        publish_dir.mkdir(parents=True, exist_ok=True)
+        for suffix in ("md", "json", "png"):
+            shutil.copy(root / f"results.{suffix}", publish_dir / f"{cfg.preset}.{suffix}")
+        print(f"[experiment] published to {publish_dir}", flush=True)
