@@ -31,12 +31,21 @@ from search_r1.retrieval.process import RetrieverProcess
 
 @dataclass
 class ExperimentConfig:
-    preset: str = field(default="tiny", metadata={"help": "name of the preset (run folder and docs/results name)"})
-    seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "SFT/RL seeds; the table reports mean ± std"})
-    base_model: str = field(default=str(MODELS_DIR / "tiny-base"), metadata={"help": "the student before SFT/RL"})
-    embedded_world: bool = field(default=True, metadata={"help": "build the embedded world + tiny model first"})
+    preset: str = field(
+        default="tiny", metadata={"help": "name of the preset (run folder and docs/results name)"}
+    )
+    seeds: list[int] = field(
+        default_factory=lambda: [0], metadata={"help": "SFT/RL seeds; the table reports mean ± std"}
+    )
+    base_model: str = field(
+        default=str(MODELS_DIR / "tiny-base"), metadata={"help": "the student before SFT/RL"}
+    )
+    embedded_world: bool = field(
+        default=True, metadata={"help": "build the embedded world + tiny model first"}
+    )
     test_files: list[str] = field(
-        default_factory=lambda: [str(WORLD_DIR / "test.parquet")], metadata={"help": "verl parquet(s) to evaluate on"}
+        default_factory=lambda: [str(WORLD_DIR / "test.parquet")],
+        metadata={"help": "verl parquet(s) to evaluate on"},
     )
     index_dir: str = field(default=str(INDEX_DIR / "world"), metadata={"help": "retrieval index to serve"})
     retriever_url: str = field(
@@ -45,15 +54,29 @@ class ExperimentConfig:
     retriever_args: list[str] = field(
         default_factory=list, metadata={"help": "extra key=value overrides for the retriever server"}
     )
-    sft_config: str = field(default=str(CONFIG_DIR / "sft" / "tiny.yaml"), metadata={"help": "train_sft.sh --config"})
-    sft_overrides: list[str] = field(default_factory=list, metadata={"help": "extra key=value for train_sft.sh"})
-    rl_config: str = field(default=str(CONFIG_DIR / "rl" / "tiny_ppo.yaml"), metadata={"help": "train_ppo.sh --config"})
-    rl_overrides: list[str] = field(default_factory=list, metadata={"help": "extra key=value for train_ppo.sh"})
-    eval_config: str = field(default=str(CONFIG_DIR / "eval" / "default.yaml"), metadata={"help": "eval --config"})
-    eval_overrides: list[str] = field(default_factory=list, metadata={"help": "extra key=value for the evaluation"})
+    sft_config: str = field(
+        default=str(CONFIG_DIR / "sft" / "tiny.yaml"), metadata={"help": "train_sft.sh --config"}
+    )
+    sft_overrides: list[str] = field(
+        default_factory=list, metadata={"help": "extra key=value for train_sft.sh"}
+    )
+    rl_config: str = field(
+        default=str(CONFIG_DIR / "rl" / "tiny_ppo.yaml"), metadata={"help": "train_ppo.sh --config"}
+    )
+    rl_overrides: list[str] = field(
+        default_factory=list, metadata={"help": "extra key=value for train_ppo.sh"}
+    )
+    eval_config: str = field(
+        default=str(CONFIG_DIR / "eval" / "default.yaml"), metadata={"help": "eval --config"}
+    )
+    eval_overrides: list[str] = field(
+        default_factory=list, metadata={"help": "extra key=value for the evaluation"}
+    )
     out_dir: str = field(default="", metadata={"help": "run folder ('' = outputs/runs/experiment/<preset>)"})
     resume: bool = field(default=True, metadata={"help": "skip stages whose outputs exist"})
-    publish: bool = field(default=False, metadata={"help": "copy the table and chart to docs/results/<preset>.*"})
+    publish: bool = field(
+        default=False, metadata={"help": "copy the table and chart to docs/results/<preset>.*"}
+    )
 
 
 def _run(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> None:
@@ -62,8 +85,14 @@ def _run(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> None:
     print(f"[experiment] $ {' '.join(cmd)}  (log: {log})", flush=True)
     start = time.time()
     with log.open("w") as fh:
-        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                env={**os.environ, **(env or {})})
+        proc = subprocess.Popen(
+            cmd,
+            cwd=REPO_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
         assert proc.stdout is not None
         for line in proc.stdout:
             fh.write(line)
@@ -72,7 +101,9 @@ def _run(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> None:
         code = proc.wait()
     if code != 0:
         tail = "".join(log.read_text().splitlines(keepends=True)[-30:])
-        raise RuntimeError(f"stage failed (exit {code}): {' '.join(cmd)}\n--- last lines of {log} ---\n{tail}")
+        raise RuntimeError(
+            f"stage failed (exit {code}): {' '.join(cmd)}\n--- last lines of {log} ---\n{tail}"
+        )
     print(f"[experiment] done in {time.time() - start:.0f}s", flush=True)
 
 
@@ -81,9 +112,19 @@ def _sft(cfg: ExperimentConfig, seed: int, root: Path, url: str) -> Path:
     merged = run_dir / "merged"
     if not (cfg.resume and (merged / "config.json").exists()):
         _run(
-            ["bash", "train_sft.sh", "--config", cfg.sft_config, f"run_dir={run_dir}", f"model={cfg.base_model}",
-             f"generate.retriever_url={url}", f"generate.seed={seed}", f"filters.seed={seed}",
-             f"llamafactory.seed={seed}", *cfg.sft_overrides],
+            [
+                "bash",
+                "train_sft.sh",
+                "--config",
+                cfg.sft_config,
+                f"run_dir={run_dir}",
+                f"model={cfg.base_model}",
+                f"generate.retriever_url={url}",
+                f"generate.seed={seed}",
+                f"filters.seed={seed}",
+                f"llamafactory.seed={seed}",
+                *cfg.sft_overrides,
+            ],
             root / "logs" / "sft.log",
             env={"SFT_SKIP_EVAL": "1"},
         )
@@ -94,9 +135,20 @@ def _rl(cfg: ExperimentConfig, seed: int, root: Path, url: str, start_from: str,
     merged = root / "ppo" / name / "merged"
     if not (cfg.resume and (merged / "config.json").exists()):
         _run(
-            ["bash", "train_ppo.sh", "--config", cfg.rl_config, f"actor_rollout_ref.model.path={start_from}",
-             f"retriever.url={url}", f"trainer.default_local_dir={root / 'ppo'}", f"trainer.experiment_name={name}",
-             f"trainer.seed={seed}", f"data.seed={seed}", "trainer.resume_mode=auto", *cfg.rl_overrides],
+            [
+                "bash",
+                "train_ppo.sh",
+                "--config",
+                cfg.rl_config,
+                f"actor_rollout_ref.model.path={start_from}",
+                f"retriever.url={url}",
+                f"trainer.default_local_dir={root / 'ppo'}",
+                f"trainer.experiment_name={name}",
+                f"trainer.seed={seed}",
+                f"data.seed={seed}",
+                "trainer.resume_mode=auto",
+                *cfg.rl_overrides,
+            ],
             root / "logs" / f"{name}.log",
         )
     return merged
@@ -106,8 +158,20 @@ def _eval(cfg: ExperimentConfig, model: Path | str, out: Path, url: str, name: s
     if not (cfg.resume and (out / "results.json").exists()):
         files = "[" + ",".join(cfg.test_files) + "]"
         _run(
-            [sys.executable, "-m", "search_r1.eval", "run", "--config", cfg.eval_config, f"engine.model={model}",
-             f"data.files={files}", f"retriever.url={url}", f"out_dir={out}", f"name={name}", *cfg.eval_overrides],
+            [
+                sys.executable,
+                "-m",
+                "search_r1.eval",
+                "run",
+                "--config",
+                cfg.eval_config,
+                f"engine.model={model}",
+                f"data.files={files}",
+                f"retriever.url={url}",
+                f"out_dir={out}",
+                f"name={name}",
+                *cfg.eval_overrides,
+            ],
             out.parent / "logs" / f"eval_{name}.log",
         )
     return out / "results.json"
@@ -125,8 +189,14 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
         from search_r1.world.setup import ensure_tiny_model, ensure_world
 
         ensure_tiny_model(ensure_world())
-        build_index(load_config(BuildConfig, CONFIG_DIR / "retriever" / "build_world.yaml", [f"out_dir={cfg.index_dir}"]))
-    with RetrieverProcess(cfg.retriever_url, cfg.index_dir, cfg.retriever_args, log=root / "logs" / "retriever.log") as url:
+        build_index(
+            load_config(
+                BuildConfig, CONFIG_DIR / "retriever" / "build_world.yaml", [f"out_dir={cfg.index_dir}"]
+            )
+        )
+    with RetrieverProcess(
+        cfg.retriever_url, cfg.index_dir, cfg.retriever_args, log=root / "logs" / "retriever.log"
+    ) as url:
         results: dict[str, list[Path]] = {g: [] for g in GROUPS}
         results["baseline"].append(_eval(cfg, cfg.base_model, root / "baseline", url, "baseline"))
         for seed in cfg.seeds:
@@ -143,7 +213,9 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    cfg = parse_config(ExperimentConfig, __doc__.splitlines()[0], CONFIG_DIR / "experiment" / "tiny.yaml", argv)
+    cfg = parse_config(
+        ExperimentConfig, __doc__.splitlines()[0], CONFIG_DIR / "experiment" / "tiny.yaml", argv
+    )
     try:
         run_experiment(cfg)
     except KeyboardInterrupt:

@@ -67,7 +67,9 @@ def bar_chart(summary: dict[str, Any], path: Path) -> None:
         means = [summary["groups"][g][key]["mean"] for g in groups]
         stds = [summary["groups"][g][key]["std"] for g in groups]
         ax.bar(xs, means, width, yerr=stds, capsize=3, label=title)
-    ax.set_xticks([g + width * (len(metrics) - 1) / 2 for g in range(len(groups))], [GROUPS[g] for g in groups])
+    ax.set_xticks(
+        [g + width * (len(metrics) - 1) / 2 for g in range(len(groups))], [GROUPS[g] for g in groups]
+    )
     ax.set_ylim(0, 1)
     ax.set_ylabel("score (test split)")
     ax.legend(loc="upper left")
@@ -79,7 +81,9 @@ def bar_chart(summary: dict[str, Any], path: Path) -> None:
 
 def git_commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -99,7 +103,10 @@ def write_report(summary: dict[str, Any], cfg: Any, root: Path, publish_dir: Pat
     (root / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
     bar_chart(summary, root / "results.png")
     print("\n" + table, flush=True)
-    print(f"[experiment] {minutes:.1f} min; table: {root / 'results.md'}, chart: {root / 'results.png'}", flush=True)
+    print(
+        f"[experiment] {minutes:.1f} min; table: {root / 'results.md'}, chart: {root / 'results.png'}",
+        flush=True,
+    )
     if publish_dir is not None:
         publish_dir.mkdir(parents=True, exist_ok=True)
         for suffix in ("md", "json", "png"):

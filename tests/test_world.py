@@ -52,7 +52,10 @@ def test_parquet_schema_and_unique_group_ids(world):
             assert row["prompt"][0]["role"] == "user"
             assert row["extra_info"]["question"] in row["prompt"][0]["content"]
             assert row["extra_info"]["split"] == split
-            assert row["reward_model"] == {"style": "rule", "ground_truth": {"target": row["reward_model"]["ground_truth"]["target"]}}
+            assert row["reward_model"] == {
+                "style": "rule",
+                "ground_truth": {"target": row["reward_model"]["ground_truth"]["target"]},
+            }
             uids.append(uid_of(row))
     assert len(set(uids)) == len(uids)
 

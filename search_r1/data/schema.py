@@ -67,7 +67,9 @@ def read_parquet(path: str | Path) -> list[dict[str, Any]]:
     for i, row in enumerate(rows):
         validate_row(row, f"{path}: row {i}")
         row["prompt"] = [dict(m) for m in row["prompt"]]
-        row["reward_model"]["ground_truth"]["target"] = [str(t) for t in row["reward_model"]["ground_truth"]["target"]]
+        row["reward_model"]["ground_truth"]["target"] = [
+            str(t) for t in row["reward_model"]["ground_truth"]["target"]
+        ]
     return rows
 
 

@@ -42,7 +42,9 @@ def wait_healthy(url: str, timeout_s: float, proc: subprocess.Popen | None = Non
 class RetrieverProcess:
     """``with RetrieverProcess("", index_dir) as url:`` serves ``index_dir`` on a free loopback port."""
 
-    def __init__(self, url: str, index_dir: str, server_args: list[str], log: Path, start_timeout_s: float = 300):
+    def __init__(
+        self, url: str, index_dir: str, server_args: list[str], log: Path, start_timeout_s: float = 300
+    ):
         self.url, self.index_dir, self.server_args = url, index_dir, server_args
         self.log, self.start_timeout_s = log, start_timeout_s
         self.proc: subprocess.Popen | None = None
@@ -54,8 +56,14 @@ class RetrieverProcess:
             return self.url
         port = _free_port()
         self.log.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "search_r1.retrieval.server", f"index_dir={self.index_dir}", f"port={port}",
-               *self.server_args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "search_r1.retrieval.server",
+            f"index_dir={self.index_dir}",
+            f"port={port}",
+            *self.server_args,
+        ]
         self.proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=self.log.open("w"), stderr=subprocess.STDOUT)
         self._old_sigterm = signal.signal(signal.SIGTERM, self._on_sigterm)
         url = f"http://127.0.0.1:{port}"
@@ -64,7 +72,9 @@ class RetrieverProcess:
         except BaseException:
             self.__exit__(None, None, None)
             raise
-        print(f"[retriever] serving {self.index_dir} at {url} (pid {self.proc.pid}, log {self.log})", flush=True)
+        print(
+            f"[retriever] serving {self.index_dir} at {url} (pid {self.proc.pid}, log {self.log})", flush=True
+        )
         return url
 
     def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:

@@ -76,7 +76,9 @@ def _assign_splits(kb: KnowledgeBase, rng: random.Random, fractions: list[float]
     rng.shuffle(names)
     n_train = round(fractions[0] * len(names))
     n_dev = round(fractions[1] * len(names))
-    return {n: ("train" if i < n_train else "dev" if i < n_train + n_dev else "test") for i, n in enumerate(names)}
+    return {
+        n: ("train" if i < n_train else "dev" if i < n_train + n_dev else "test") for i, n in enumerate(names)
+    }
 
 
 def _corpus(kb: KnowledgeBase, rng: random.Random, max_wiki: int) -> list[Doc]:

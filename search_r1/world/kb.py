@@ -10,15 +10,58 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-_ONSETS = ["b", "br", "d", "dr", "f", "g", "k", "kr", "l", "m", "n", "p", "r", "s", "st", "t", "th", "v", "z", "h"]
+_ONSETS = [
+    "b",
+    "br",
+    "d",
+    "dr",
+    "f",
+    "g",
+    "k",
+    "kr",
+    "l",
+    "m",
+    "n",
+    "p",
+    "r",
+    "s",
+    "st",
+    "t",
+    "th",
+    "v",
+    "z",
+    "h",
+]
 _VOWELS = ["a", "e", "i", "o", "u", "ae", "ia", "ou"]
 _CODAS = ["", "", "n", "r", "l", "s", "th", "m", "x", "nd", "rk"]
 RIVERS_SUFFIX = "River"
 OCCUPATIONS = [
-    "painter", "poet", "chemist", "architect", "composer", "astronomer", "sculptor", "engineer",
-    "botanist", "historian", "cartographer", "physician", "novelist", "mathematician", "weaver",
+    "painter",
+    "poet",
+    "chemist",
+    "architect",
+    "composer",
+    "astronomer",
+    "sculptor",
+    "engineer",
+    "botanist",
+    "historian",
+    "cartographer",
+    "physician",
+    "novelist",
+    "mathematician",
+    "weaver",
 ]
-INDUSTRIES = ["shipbuilding", "textiles", "glassmaking", "printing", "brewing", "mining", "clockmaking", "tea trading"]
+INDUSTRIES = [
+    "shipbuilding",
+    "textiles",
+    "glassmaking",
+    "printing",
+    "brewing",
+    "mining",
+    "clockmaking",
+    "tea trading",
+]
 
 
 def _syllable(rng: random.Random) -> str:
@@ -71,7 +114,9 @@ class KnowledgeBase:
         return {e.name: e for e in self.entities}
 
 
-def generate_kb(rng: random.Random, n_countries: int, n_cities: int, n_people: int, n_companies: int) -> KnowledgeBase:
+def generate_kb(
+    rng: random.Random, n_countries: int, n_cities: int, n_people: int, n_companies: int
+) -> KnowledgeBase:
     names = NameBank(rng)
     countries = [Entity("country", names.new(2, 3)) for _ in range(n_countries)]
     cities = []
@@ -80,7 +125,11 @@ def generate_kb(rng: random.Random, n_countries: int, n_cities: int, n_people: i
         city = Entity(
             "city",
             names.new(2, 3),
-            {"country": country.name, "river": f"{names.new(2, 2)} {RIVERS_SUFFIX}", "founded": str(rng.randint(900, 1750))},
+            {
+                "country": country.name,
+                "river": f"{names.new(2, 2)} {RIVERS_SUFFIX}",
+                "founded": str(rng.randint(900, 1750)),
+            },
         )
         cities.append(city)
     for i, country in enumerate(countries):

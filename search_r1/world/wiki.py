@@ -20,7 +20,9 @@ def dump_path() -> Path:
     """The bundled dump; a clear error when gensim is not installed."""
     spec = importlib.util.find_spec("gensim")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("gensim is not installed: run scripts/setup_env.sh (it ships the Wikipedia dump)")
+        raise FileNotFoundError(
+            "gensim is not installed: run scripts/setup_env.sh (it ships the Wikipedia dump)"
+        )
     path = Path(spec.submodule_search_locations[0]) / "test" / "test_data" / DUMP_NAME
     if not path.exists():
         raise FileNotFoundError(f"the Wikipedia dump is missing from the gensim package: {path}")
