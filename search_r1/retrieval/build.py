@@ -55,7 +55,17 @@ def _write_manifest(out_dir: Path, manifest: dict) -> None:
 
 
 def peak_rss_mib() -> float:
-    """Peak resident memory of this process so far (Linux reports KiB)."""
+    """Peak resident memory of this process so far, in MiB.
+
+    ``VmHWM`` is reset by exec; ``ru_maxrss`` is not (a child forked from a big parent reports the
+    parent's peak), so it is only the fallback where /proc is missing.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -87,6 +97,10 @@ def ensure_docstore(corpus: Path, out_dir: Path, manifest: dict) -> int:
 def build_index(cfg: BuildConfig) -> Path:
     """Build every backend in ``cfg.backends`` that is not already built with the same settings."""
     corpus, out_dir = Path(cfg.corpus), Path(cfg.out_dir)
+    if cfg.torch_threads > 0:
+        import torch
+
+        torch.set_num_threads(cfg.torch_threads)
     unknown = set(cfg.backends) - set(BACKENDS)
     if unknown:
         raise ValueError(f"unknown backends {sorted(unknown)}; choose from {BACKENDS}")

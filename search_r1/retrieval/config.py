@@ -50,6 +50,10 @@ class BuildConfig:
     embedding_dtype: str = field(default="float16", metadata={"help": "float16 | float32 on-disk embeddings"})
     bm25_stopwords: str = field(default="en", metadata={"help": "bm25s stopword list ('en' or 'none')"})
     force: bool = field(default=False, metadata={"help": "rebuild even if a finished index exists"})
+    torch_threads: int = field(
+        default=0,
+        metadata={"help": "CPU threads for the encoder; 0 = torch's default (use 1 on a busy shared node)"},
+    )
 
 
 @dataclass

@@ -125,7 +125,7 @@ class Retriever:
         self,
         backend: str,
         n_docs: int,
-        first_stage,
+        first_stage: RowSearcher | PyseriniRetriever,
         docstore: DocStore | None,
         reranker: CrossEncoderReranker | None,
         candidates: int,
