@@ -31,7 +31,7 @@ N = 7  # not a multiple of the batch size: the tail must be evaluated too
 def toy_model_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("toy_model")
     tok = toy_tokenizer()
-    toy_model(tok, steps=5).save_pretrained(out)
+    toy_model(tok, max_steps=5).save_pretrained(out)
     tok.save_pretrained(out)
     return out
 
