@@ -97,10 +97,6 @@ def ensure_docstore(corpus: Path, out_dir: Path, manifest: dict) -> int:
 def build_index(cfg: BuildConfig) -> Path:
     """Build every backend in ``cfg.backends`` that is not already built with the same settings."""
     corpus, out_dir = Path(cfg.corpus), Path(cfg.out_dir)
-    if cfg.torch_threads > 0:
-        import torch
-
-        torch.set_num_threads(cfg.torch_threads)
     unknown = set(cfg.backends) - set(BACKENDS)
     if unknown:
         raise ValueError(f"unknown backends {sorted(unknown)}; choose from {BACKENDS}")
@@ -122,7 +118,12 @@ def build_index(cfg: BuildConfig) -> Path:
         settings["encoder"].pop("batch_size")
         prev = manifest.get("dense", {})
         if not (prev.get("done") and prev.get("settings") == settings):
+            import torch
+
             from search_r1.retrieval.encoder import Encoder
+
+            if cfg.torch_threads > 0:
+                torch.set_num_threads(cfg.torch_threads)
 
             t0 = time.perf_counter()
             encoder = Encoder(cfg.encoder)
