@@ -355,7 +355,7 @@ def render(cfg: BenchConfig, res: dict) -> str:
         + ", ".join(f"{k} {v}" for k, v in res.get("load_average", {}).items())
         + f"). Index: embedded world ({res.get('n_docs', '?')} passages), "
         "dense = all-MiniLM-L6-v2 (384-d, FAISS Flat, CPU), BM25 = bm25s. One query per request, "
-        f"topk={cfg.topk}, {cfg.duration_s:g} s per level (in-flight requests finish).",
+        f"topk={cfg.topk}, {res.get('http_duration_s', cfg.duration_s):g} s per level (in-flight requests finish).",
         "",
     ]
     if res.get("http"):
@@ -479,6 +479,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     if cfg.http:
         res["http"] = bench_http(cfg, queries)
+        res["http_duration_s"] = cfg.duration_s
     if cfg.inprocess:
         res["inprocess"] = bench_inprocess(cfg, queries)
     if res.get("http") and res.get("inprocess") and 32 in cfg.concurrency:
