@@ -316,7 +316,8 @@ def test_openapi_docs(dense_url):
 def test_bearer_token_auth(world_index):
     cfg = server_config(world_index, backend="bm25", token="s3cret")
     with serve_in_thread(cfg, load_retriever(cfg)) as url:
-        assert post(url, {"queries": ["a b"]}).status_code == 401
+        denied = post(url, {"queries": ["a b"]})
+        assert denied.status_code == 401 and denied.headers["www-authenticate"] == "Bearer"
         assert post(url, {"queries": ["a b"]}, headers={"Authorization": "Bearer wrong"}).status_code == 401
         assert post(url, {"queries": ["a b"]}, headers={"Authorization": "Basic s3cret"}).status_code == 401
         ok = post(url, {"queries": ["Lincoln"]}, headers={"Authorization": "Bearer s3cret"})

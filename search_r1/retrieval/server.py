@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -38,9 +37,9 @@ TOKEN_ENV = "SEARCH_R1_RETRIEVER_TOKEN"
 
 
 class BadRequest(Exception):
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
-        self.status, self.message = status, message
+        self.status, self.message, self.headers = status, message, headers
 
 
 # Pydantic models only document the API in OpenAPI; validation is done by ``parse_request``.
@@ -174,16 +173,12 @@ def create_app(cfg: ServerConfig, retriever: Retriever) -> FastAPI:
 
     @app.exception_handler(BadRequest)
     async def _bad_request(_: Request, exc: BadRequest) -> Response:
-        return error_response(exc.status, exc.message)
+        return error_response(exc.status, exc.message, exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         msg = f"{request.method} {request.url.path}: {exc.detail}"
         return error_response(exc.status_code, msg, getattr(exc, "headers", None))
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(_: Request, exc: RequestValidationError) -> Response:
-        return error_response(422, str(exc.errors())[:1000])
 
     @app.exception_handler(Exception)
     async def _internal_error(_: Request, exc: Exception) -> Response:
@@ -196,7 +191,7 @@ def create_app(cfg: ServerConfig, retriever: Retriever) -> FastAPI:
         header = request.headers.get("authorization", "")
         scheme, _, given = header.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
-            raise BadRequest(401, "missing or invalid bearer token")
+            raise BadRequest(401, "missing or invalid bearer token", {"WWW-Authenticate": "Bearer"})
 
     @app.post(
         "/retrieve",
