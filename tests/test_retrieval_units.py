@@ -496,3 +496,16 @@ def test_auto_devices_only_use_named_gpus():
     assert _device("auto", []) == "cpu"
     assert _device("auto", [3, 1]) == "cuda:3"
     assert _device("cuda:2", []) == "cuda:2"
+
+
+def test_micro_batcher_refuses_work_when_not_running():
+    async def run():
+        b = MicroBatcher(_fake_search([]), ThreadPoolExecutor(1), max_batch=4, max_wait_ms=1)
+        with pytest.raises(RuntimeError, match="not running"):
+            await b.submit(["q"], 1)
+        b.start()
+        await b.stop()
+        with pytest.raises(RuntimeError, match="not running"):
+            await b.submit(["q"], 1)
+
+    asyncio.run(run())

@@ -55,6 +55,8 @@ class MicroBatcher:
                 p.future.set_exception(RuntimeError("server is shutting down"))
 
     async def submit(self, queries: list[str], k: int) -> list[list[Hit]]:
+        if self._task is None or self._task.done():  # never queue work nobody will pick up
+            raise RuntimeError("micro-batcher is not running")
         fut = asyncio.get_running_loop().create_future()
         self._pending.append(_Pending(queries, k, fut))
         self._queued += len(queries)
