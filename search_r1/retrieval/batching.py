@@ -1,10 +1,11 @@
 """Dynamic micro-batching: concurrent requests share one encoder pass and one index search.
 
 A single worker task drains a queue of pending requests. The first request of a batch waits at most
-``max_wait_ms`` for company (or until ``max_batch`` queries are queued); all taken requests are then
+``max_wait_ms`` for company (or until ``max_batch`` queries are queued), but only when the previous
+batch held more than one request: a lone client (concurrency 1) never waits. All taken requests are
 searched together in the worker thread with the largest ``topk`` among them, and each gets its own
 slice back. While a batch is being searched, new requests pile up and form the next batch, so the
-batch size grows with load by itself and an idle server adds at most ``max_wait_ms`` of latency.
+batch size grows with load by itself.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class MicroBatcher:
         self._has_work = asyncio.Event()
         self._full = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._last_batch_requests = 0
         self.batches = 0  # counters for /health
         self.batched_queries = 0
 
@@ -84,12 +86,13 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         while True:
             await self._has_work.wait()
-            if self.max_wait > 0 and self._queued < self.max_batch:
+            if self.max_wait > 0 and self._queued < self.max_batch and self._last_batch_requests > 1:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._full.wait(), self.max_wait)
             batch = self._take()
             if not batch:
                 continue
+            self._last_batch_requests = len(batch)
             queries = [q for p in batch for q in p.queries]
             k = max(p.k for p in batch)
             try:
