@@ -194,6 +194,7 @@ def train(cfg: PPOConfig, retriever: Retriever | None = None) -> Path:
                 "step": step,
                 "data/uids": uids,
                 "reward/mean": scores.mean().item(),
+                "reward/samples": scores.tolist(),
                 "reward/em": float(np.mean([s["em"] for s in scored])),
                 "reward/f1": float(np.mean([s["f1"] for s in scored])),
                 "rollout/searches_per_question": st.searches,
