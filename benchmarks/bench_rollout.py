@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 import torch
+from transformers import Qwen2ForCausalLM
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -116,9 +117,16 @@ async def no_stop_waste(engine: HFEngine, tok, prompts, cfg) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="toy", help="'toy' (search-once searcher) or an HF folder")
+    ap.add_argument("--model", default="toy", help="'toy' (the mixed-episode searcher) or an HF folder")
     ap.add_argument("--n", type=int, default=48, help="episodes (toy) or world test questions (--model)")
-    ap.add_argument("--latency-ms", type=float, default=50.0, help="added latency per retrieval call")
+    ap.add_argument("--latency-ms", type=float, nargs="+", default=[50.0, 200.0], help="retrieval latencies")
+    ap.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        nargs="+",
+        default=[2.0, 20.0],
+        help="HF engine batch windows (overlapped)",
+    )
     ap.add_argument("--max-batch-size", type=int, default=16)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     ap.add_argument("--out", type=Path, default=HOME / "benchmarks" / "rollout.json")
@@ -128,27 +136,37 @@ def main() -> None:
 
     if args.model == "toy":
         tok = toy_tokenizer()
-        engine = HFEngine(
-            toy_model(tok, MIXED_EPISODES, max_steps=600), tok, max_batch_size=args.max_batch_size
-        )
+        cached = HOME / "benchmarks" / "toy-searcher"  # training takes minutes on a busy CPU: keep it
+        if (cached / "model.safetensors").exists():
+            model = Qwen2ForCausalLM.from_pretrained(cached)
+        else:
+            model = toy_model(tok, MIXED_EPISODES, max_steps=600)
+            model.save_pretrained(cached)
+        engine = HFEngine(model, tok, max_batch_size=args.max_batch_size)
         prompts = [prompt_ids(tok, MIXED_EPISODES[i % len(MIXED_EPISODES)][0]) for i in range(args.n)]
-        retriever = MemoryRetriever(delay_s=args.latency_ms / 1000, jitter=0.5)
+        retriever = MemoryRetriever(jitter=0.5)
     else:
         engine = HFEngine.from_config(args.model, device="cpu", max_batch_size=args.max_batch_size)
         tok = engine.tokenizer
         prompts = [chat_ids(tok, r["prompt"]) for r in read_parquet(WORLD_DIR / "test.parquet")[: args.n]]
-        corpus = list(iter_corpus(WORLD_DIR / "corpus.jsonl"))
-        retriever = MemoryRetriever(corpus, delay_s=args.latency_ms / 1000, jitter=0.5)
+        retriever = MemoryRetriever(list(iter_corpus(WORLD_DIR / "corpus.jsonl")), jitter=0.5)
     # the observations the toy was trained on (TOY_CFG), with room for its two-search episode
     cfg = dataclasses.replace(TOY_CFG, max_turns=3)
     sampling = SamplingParams(temperature=0.0)
 
     async def all_runs() -> dict:
         await rollout(engine, tok, retriever, prompts[:4], cfg, sampling)  # warm-up
-        runs = [
-            await run_schedule(s, engine, tok, retriever, prompts, cfg, sampling)
-            for s in ("overlapped", "lockstep", "sequential")
-        ]
+        runs = []
+        for latency in args.latency_ms:
+            retriever.delay_s = latency / 1000
+            settings = [("overlapped", w) for w in args.batch_wait_ms] + [
+                ("lockstep", 2.0),
+                ("sequential", 2.0),
+            ]
+            for schedule, wait in settings:
+                engine.batch_wait_s = wait / 1000
+                r = await run_schedule(schedule, engine, tok, retriever, prompts, cfg, sampling)
+                runs.append(r | {"latency_ms": latency, "batch_wait_ms": wait})
         return {"runs": runs, "no_stop_strings": await no_stop_waste(engine, tok, prompts, cfg)}
 
     t0 = time.perf_counter()
@@ -156,7 +174,6 @@ def main() -> None:
     result |= {
         "model": args.model,
         "n": len(prompts),
-        "latency_ms": args.latency_ms,
         "max_batch_size": args.max_batch_size,
         "torch_threads": torch.get_num_threads(),
         "stop_strings": list(STOP_STRINGS),
@@ -166,23 +183,23 @@ def main() -> None:
     args.out.write_text(json.dumps(result, indent=2) + "\n")
 
     print(
-        f"model={args.model} n={len(prompts)} retrieval latency={args.latency_ms:.0f} ms "
-        f"batch<={args.max_batch_size} threads={torch.get_num_threads()}"
+        f"model={args.model} n={len(prompts)} batch<={args.max_batch_size} threads={torch.get_num_threads()}"
     )
     print(
-        "| schedule | questions/s | wall s | generated | kept | waste | text after stop | searches/q | mean batch |"
+        "| retrieval ms | schedule | batch wait ms | questions/s | generated | kept | waste | text after stop "
+        "| searches/q | mean batch |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in result["runs"]:
         print(
-            f"| {r['schedule']} | {r['questions_per_s']:.2f} | {r['wall_s']:.2f} | {r['tokens_generated']} | "
-            f"{r['tokens_kept']} | {r['waste']} | {r['turns_with_text_after_action']} | {r['searches']:.2f} | "
-            f"{r['mean_batch']:.1f} |"
+            f"| {r['latency_ms']:.0f} | {r['schedule']} | {r['batch_wait_ms']:.0f} | {r['questions_per_s']:.2f} | "
+            f"{r['tokens_generated']} | {r['tokens_kept']} | {r['waste']} | {r['turns_with_text_after_action']} | "
+            f"{r['searches']:.2f} | {r['mean_batch']:.1f} |"
         )
     ns = result["no_stop_strings"]
     print(
         f"without stop strings, first turn: {ns['after_stop']}/{ns['tokens']} tokens ({ns['share']:.0%}) "
-        f"decoded after the action's closing tag"
+        "decoded after the action's closing tag"
     )
     print(f"-> {args.out}")
 

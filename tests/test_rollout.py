@@ -337,3 +337,21 @@ def test_vllm_sampling_translation_and_missing_vllm() -> None:
             make_engine("vllm", model="x")
     with pytest.raises(ValueError, match="unknown engine"):
         make_engine("nope")
+
+
+def test_dead_retriever_server_with_the_real_client(toy, free_port) -> None:
+    """The real client against a closed port: a typed error, an observation, and the episode goes on."""
+    from search_r1.retrieval.client import AsyncRetrieverClient
+
+    _, tok = toy
+
+    async def go():
+        async with AsyncRetrieverClient(
+            f"http://127.0.0.1:{free_port}", timeout=0.5, max_retries=1
+        ) as client:
+            engine = ScriptedEngine(tok, [("<search>q</search>", "stop"), ("<answer>a</answer>", "stop")])
+            return await run_episode(engine, tok, client, [1, 2], TOY_CFG, GREEDY, "q")
+
+    traj = asyncio.run(go())
+    assert traj.turns[0].retrieval_failed and traj.turns[0].error == "RetrieverUnavailable"
+    assert traj.finish_reason == "answer"

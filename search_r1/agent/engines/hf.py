@@ -84,7 +84,7 @@ class HFEngine:
         model: PreTrainedModel,
         tokenizer: PreTrainedTokenizerBase,
         max_batch_size: int = 32,
-        batch_wait_s: float = 0.002,
+        batch_wait_s: float = 0.02,
     ):
         self.model = model.eval()
         self.tokenizer = tokenizer
