@@ -141,3 +141,16 @@ def test_eval_default_agent_is_the_tiny_preset() -> None:
     cfg = load_config(EvalConfig, CONFIG_DIR / "eval" / "default.yaml")
     assert cfg.agent == ProtocolConfig.from_yaml(CONFIG_DIR / "agent" / "tiny.yaml")
     assert cfg.temperature == 0.0 and cfg.max_examples == -1
+
+
+@pytest.mark.slow
+def test_eval_sh_defaults_on_the_tiny_base_model(tiny_model, retriever_url, tmp_path) -> None:
+    """``bash eval.sh`` with the default model and data (the world's tiny base model, test split)."""
+    out = tmp_path / "default"
+    args = [f"retriever_url={retriever_url}", f"out_dir={out}", "max_examples=16"]
+    proc = subprocess.run(
+        ["bash", "eval.sh", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=900
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = _check_outputs(out, 16, "search")
+    assert Path(results["config"]["engine"]["model"]) == tiny_model

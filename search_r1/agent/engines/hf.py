@@ -137,7 +137,8 @@ class HFEngine:
         while True:
             if not pending:
                 pending.append(await queue.get())
-            await asyncio.sleep(self.batch_wait_s)  # let concurrent callers join this batch
+            if len(pending) < self.max_batch_size:
+                await asyncio.sleep(self.batch_wait_s)  # let concurrent callers join this batch
             while not queue.empty():
                 pending.append(queue.get_nowait())
             key = _batch_key(pending[0].sampling)
