@@ -154,3 +154,15 @@ def test_eval_sh_defaults_on_the_tiny_base_model(tiny_model, retriever_url, tmp_
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = _check_outputs(out, 16, "search")
     assert Path(results["config"]["engine"]["model"]) == tiny_model
+
+
+def test_wandb_logging_offline(world, toy_model_dir, retriever_url, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = _cfg(
+        world, toy_model_dir, tmp_path / "w", retriever_url, mode="direct", wandb="true", max_examples=3
+    )
+    asyncio.run(evaluate(cfg))
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))

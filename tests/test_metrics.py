@@ -124,3 +124,11 @@ def test_compute_score_format_reward() -> None:
     assert compute_score("nq", "Rome", gt, reward="em_format")["score"] == 0.0
     with pytest.raises(ValueError, match="unknown reward"):
         compute_score("nq", GOOD, gt, reward="nope")
+
+
+def test_compute_score_accepts_verl_parquet_ground_truth() -> None:
+    """verl hands over the parquet cell: a dict whose target is a numpy array."""
+    import numpy as np
+
+    s = compute_score("nq", GOOD, {"target": np.array(["London", "Paris"], dtype=object)})
+    assert s["em"] == 1.0

@@ -355,3 +355,18 @@ def test_dead_retriever_server_with_the_real_client(toy, free_port) -> None:
     traj = asyncio.run(go())
     assert traj.turns[0].retrieval_failed and traj.turns[0].error == "RetrieverUnavailable"
     assert traj.finish_reason == "answer"
+
+
+@pytest.mark.slow
+def test_token_stream_on_the_tiny_base_model(tiny_model) -> None:
+    """The world's tiny base model, sampled: whatever it writes, the stream and masks are exact."""
+    engine = HFEngine.from_config(tiny_model, device="cpu", max_batch_size=8)
+    tok = engine.tokenizer
+    recording = RecordingEngine(engine)
+    prompts = [prompt_ids(tok, f"What is the capital of country number {i}?") for i in range(8)]
+    cfg = ProtocolConfig(max_turns=2, topk=2, max_obs_tokens=64, max_turn_tokens=48, max_response_tokens=300)
+    sampling = SamplingParams(temperature=1.0, seed=0)
+    batch = asyncio.run(rollout(recording, tok, MemoryRetriever(), prompts, cfg, sampling))
+    for traj in batch.trajectories:
+        _check_token_stream(traj, recording.calls, tok)
+    assert batch.stats.tokens_generated == batch.stats.tokens_kept
