@@ -370,3 +370,26 @@ def test_token_stream_on_the_tiny_base_model(tiny_model) -> None:
     for traj in batch.trajectories:
         _check_token_stream(traj, recording.calls, tok)
     assert batch.stats.tokens_generated == batch.stats.tokens_kept
+
+
+def test_seeded_sampling_differs_across_batches(toy) -> None:
+    """GRPO needs n different samples of one prompt even when they land in different batches."""
+    _, tok = toy
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    cfg = Qwen2Config(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+    )
+    engine = HFEngine(Qwen2ForCausalLM(cfg), tok)
+    s = SamplingParams(temperature=1.0, seed=7, max_new_tokens=12)
+    first = asyncio.run(engine.generate(prompt_ids(tok), s)).token_ids
+    second = asyncio.run(engine.generate(prompt_ids(tok), s)).token_ids  # a separate batch
+    assert first != second
+    again = HFEngine(engine.model, tok)  # a fresh engine with the same seed reproduces the first sample
+    assert asyncio.run(again.generate(prompt_ids(tok), s)).token_ids == first

@@ -9,8 +9,10 @@ finished it: nothing after a stop string, no decode → re-encode.
 
 Greedy means greedy: every sampling field is set explicitly, because ``generate`` otherwise fills
 unset fields from the checkpoint's ``generation_config.json`` (Qwen2.5-Instruct ships
-``repetition_penalty=1.05``, ``top_k=20``, …). A batch with a seed calls ``torch.manual_seed``
-first; rows batched together share that generator, so sampled outputs depend on batch composition.
+``repetition_penalty=1.05``, ``top_k=20``, …). A seed seeds torch's global RNG once, at the first
+batch that carries it; later batches continue that stream, so a prompt sampled again in another
+batch still gets a different sample. Sampled outputs depend on batch composition. Requests batch
+together only when their sampling settings (seed included, ``max_new_tokens`` excepted) match.
 """
 
 from __future__ import annotations
@@ -97,6 +99,7 @@ class HFEngine:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
         self.stats = EngineStats()
         self._stop_criteria: dict[tuple[str, ...], StopStringCriteria] = {}
+        self._seeded: set[int] = set()
         self._queue: asyncio.Queue[_Request] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -174,8 +177,9 @@ class HFEngine:
             attention[i, width - len(r.prompt_ids) :] = 1
         limits = [r.sampling.max_new_tokens for r in batch]
         stops = _RowStops(self._stop_strings(tuple(s.stop)), width, limits)
-        if s.seed is not None:
-            torch.manual_seed(s.seed)
+        if s.seed is not None and s.seed not in self._seeded:
+            torch.manual_seed(s.seed)  # once: later batches continue the stream, so repeats still differ
+            self._seeded.add(s.seed)
         out = self.model.generate(
             input_ids=input_ids.to(device),
             attention_mask=attention.to(device),
