@@ -166,3 +166,28 @@ def test_wandb_logging_offline(world, toy_model_dir, retriever_url, tmp_path, mo
     asyncio.run(evaluate(cfg))
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+
+
+def test_lora_adapter_is_merged_at_load(toy_model_dir, tmp_path) -> None:
+    """engine.adapter: the adapter's weights change the model the engine runs (not silently ignored)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from search_r1.agent.engines.hf import HFEngine
+
+    base = AutoModelForCausalLM.from_pretrained(toy_model_dir)
+    peft_model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    peft_model.save_pretrained(tmp_path / "adapter")
+    x = torch.tensor([[1, 5, 9, 12]])
+    with torch.no_grad():
+        expected = peft_model(x).logits
+    engine = HFEngine.from_config(toy_model_dir, adapter=str(tmp_path / "adapter"), device="cpu")
+    plain = HFEngine.from_config(toy_model_dir, device="cpu")
+    with torch.no_grad():
+        assert torch.allclose(engine.model(x).logits, expected, atol=1e-4)
+        assert not torch.allclose(plain.model(x).logits, expected, atol=1e-3)
