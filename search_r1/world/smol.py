@@ -6,7 +6,9 @@ and we save a normal Hugging Face folder once:
     python -m search_r1.world.smol            # outputs/models/smollm2-135m-instruct
 
 The package is installed with ``--no-deps`` and never imported (its declared dependencies build
-llama.cpp); we only locate its files.
+llama.cpp); we only locate its files. The tokenizer is rebuilt from the GGUF metadata as the
+byte-level BPE it is (``tokenizer.ggml.model == "gpt2"``): transformers' GGUF loader maps every
+``llama`` file to a SentencePiece-style tokenizer, which mangles SmolLM2's spaces.
 """
 
 from __future__ import annotations
@@ -41,9 +43,50 @@ def gguf_path() -> Path:
     return files[0]
 
 
+def tokenizer_from_gguf(path: Path):
+    """SmolLM2's tokenizer from the GGUF vocabulary, merges, special tokens and chat template."""
+    from gguf import GGUFReader
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    fields = GGUFReader(str(path)).fields
+
+    def strings(key: str) -> list[str]:
+        f = fields[key]
+        return [bytes(f.parts[i]).decode("utf-8") for i in f.data]
+
+    def ints(key: str) -> list[int]:
+        f = fields[key]
+        return [int(f.parts[i][0]) for i in f.data]
+
+    if strings("tokenizer.ggml.model") != ["gpt2"]:
+        raise ValueError(f"{path.name}: expected a byte-level BPE ('gpt2') tokenizer")
+    tokens = strings("tokenizer.ggml.tokens")
+    merges = [tuple(m.split(" ", 1)) for m in strings("tokenizer.ggml.merges")]
+    tok = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    tok.decoder = decoders.ByteLevel()
+    control = 3  # llama.cpp's token type for control (special) tokens
+    tok.add_special_tokens(
+        [AddedToken(t, special=True, normalized=False) for t, kind in zip(tokens, ints("tokenizer.ggml.token_type")) if kind == control]
+    )
+    ids = {k: ints(f"tokenizer.ggml.{k}_token_id")[0] for k in ("bos", "eos", "unknown", "padding")}
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=tokens[ids["bos"]],
+        eos_token=tokens[ids["eos"]],
+        unk_token=tokens[ids["unknown"]],
+        pad_token=tokens[ids["padding"]],
+        chat_template=strings("tokenizer.chat_template")[0],
+        clean_up_tokenization_spaces=False,
+    )
+
+
 def convert_smol(cfg: SmolConfig) -> Path:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     out = Path(cfg.out_dir)
     if (out / "config.json").exists() and not cfg.force:
@@ -51,7 +94,7 @@ def convert_smol(cfg: SmolConfig) -> Path:
         return out
     start = time.time()
     src = gguf_path()
-    tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
+    tok = tokenizer_from_gguf(src)
     model = AutoModelForCausalLM.from_pretrained(
         src.parent, gguf_file=src.name, dtype=getattr(torch, cfg.dtype)
     )

@@ -50,6 +50,9 @@ class TinyModelConfig:
     warmup: int = field(default=30, metadata={"help": "linear warm-up steps"})
     closed_book_repeats: int = field(default=4, metadata={"help": "copies of each known fact per data epoch"})
     max_wiki_passages: int = field(default=100, metadata={"help": "Wikipedia passages in the LM mix"})
+    reading_distractors: int = field(
+        default=1, metadata={"help": "distractor passages beside the gold ones in each reading example"}
+    )
     tokenizer_wiki_passages: int = field(
         default=300,
         metadata={"help": "Wikipedia passages in the tokenizer's training text (the rest is world text)"},
@@ -133,7 +136,7 @@ def build_tiny_model(cfg: TinyModelConfig) -> Path:
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
 
-    examples = build_examples(world, cfg.seed)
+    examples = build_examples(world, cfg.seed, distractors=cfg.reading_distractors)
     passages = [e for e in examples if e.kind == "passage"]
     wiki_cut = [
         e for e in passages if not e.target.startswith(tuple(json.loads(world.kb.read_text())["famous"]))
