@@ -20,6 +20,10 @@ CONFIG=configs/rl/tiny_ppo.yaml
 if [[ "${1:-}" == "--config" ]]; then CONFIG="${2:?--config needs a file}"; shift 2; fi
 if [[ "${1:-}" == --config=* ]]; then CONFIG="${1#--config=}"; shift; fi
 
+for arg in "$@"; do
+  if [[ "$arg" == "-h" || "$arg" == "--help" ]]; then exec "$PY" -m search_r1.rl.trainer --help; fi
+done
+
 if grep -q '^defaults:' "$CONFIG"; then
   # verl: the config must compose over verl's defaults with no unknown keys and pass validate_config.
   NAME="$(basename "$CONFIG" .yaml)"
