@@ -74,7 +74,7 @@ def tokenizer_from_gguf(path: Path):
     tok.add_special_tokens(
         [
             AddedToken(t, special=True, normalized=False)
-            for t, kind in zip(tokens, ints("tokenizer.ggml.token_type"))
+            for t, kind in zip(tokens, ints("tokenizer.ggml.token_type"), strict=True)
             if kind == control
         ]
     )
