@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -79,6 +80,10 @@ class ExperimentConfig:
     )
 
 
+# Lines worth echoing from a stage: its own "[stage] ..." summaries, tables and errors.
+_STAGE_LINE = re.compile(r"^(\[[a-z_.-]+\] |\||.*\b(error|Error|Traceback)\b)")
+
+
 def _run(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> None:
     """Run one stage, teeing its output to ``log``; a failure stops the experiment with the log's tail."""
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -96,7 +101,7 @@ def _run(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> None:
         assert proc.stdout is not None
         for line in proc.stdout:
             fh.write(line)
-            if line.startswith(("[", "|")) or "error" in line.lower():
+            if _STAGE_LINE.match(line):
                 print("    " + line.rstrip()[:200], flush=True)
         code = proc.wait()
     if code != 0:
@@ -166,8 +171,8 @@ def _eval(cfg: ExperimentConfig, model: Path | str, out: Path, url: str, name: s
                 "--config",
                 cfg.eval_config,
                 f"engine.model={model}",
-                f"data.files={files}",
-                f"retriever.url={url}",
+                f"data={files}",
+                f"retriever_url={url}",
                 f"out_dir={out}",
                 f"name={name}",
                 *cfg.eval_overrides,
