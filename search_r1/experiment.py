@@ -199,6 +199,10 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
                 BuildConfig, CONFIG_DIR / "retriever" / "build_world.yaml", [f"out_dir={cfg.index_dir}"]
             )
         )
+    if not (Path(cfg.base_model) / "config.json").exists():
+        raise RuntimeError(
+            f"no model at {cfg.base_model} (smol preset: run `python -m search_r1.world.smol` first)"
+        )
     with RetrieverProcess(
         cfg.retriever_url, cfg.index_dir, cfg.retriever_args, log=root / "logs" / "retriever.log"
     ) as url:
