@@ -30,7 +30,9 @@ class EvalConfig:
     split: str = field(default="test", metadata={"help": "world split"})
     max_questions: int = field(default=0, metadata={"help": "first N questions (0 = all)"})
     retriever_url: str = field(default="http://127.0.0.1:8000", metadata={"help": "retriever service"})
-    protocol: str = field(default=str(CONFIG_DIR / "agent" / "tiny.yaml"), metadata={"help": "ProtocolConfig YAML"})
+    protocol: str = field(
+        default=str(CONFIG_DIR / "agent" / "tiny.yaml"), metadata={"help": "ProtocolConfig YAML"}
+    )
     batch_size: int = field(default=64, metadata={"help": "HF engine batch size"})
     out: str = field(default="", metadata={"help": "write the results JSON here too"})
 
@@ -44,11 +46,22 @@ def evaluate(model: str, cfg: EvalConfig) -> dict[str, float]:
     tok = engine.tokenizer
     protocol = ProtocolConfig.from_yaml(cfg.protocol)
     qs = load_questions(Path(cfg.world_dir) / f"{cfg.split}.parquet", cfg.max_questions)
-    prompts = [tok.apply_chat_template(q.messages, add_generation_prompt=True, tokenize=True, return_dict=False)
-               for q in qs]
+    prompts = [
+        tok.apply_chat_template(q.messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+        for q in qs
+    ]
     retriever = AsyncRetrieverClient(cfg.retriever_url, topk=protocol.topk)
-    batch = asyncio.run(rollout(engine, tok, retriever, [list(p) for p in prompts], protocol,
-                                SamplingParams(temperature=0.0), uids=[q.uid for q in qs]))
+    batch = asyncio.run(
+        rollout(
+            engine,
+            tok,
+            retriever,
+            [list(p) for p in prompts],
+            protocol,
+            SamplingParams(temperature=0.0),
+            uids=[q.uid for q in qs],
+        )
+    )
     em = [exact_match(t.final_answer, q.golds) for t, q in zip(batch.trajectories, qs, strict=True)]
     return {
         "em": round(sum(em) / len(em), 4),

@@ -53,11 +53,21 @@ def bm25_index(world, tmp_path_factory) -> Path:
 
 def make_cfg(model: Path, run_root: Path, *overrides: str) -> PPOConfig:
     """The tiny preset shrunk to seconds per step."""
-    return load_config(PPOConfig, PRESET, [
-        f"actor_rollout_ref.model.path={model}", f"trainer.default_local_dir={run_root}",
-        "data.train_batch_size=2", "actor_rollout_ref.rollout.n=2", "actor_rollout_ref.actor.ppo_mini_batch_size=1",
-        "trainer.total_training_steps=3", "trainer.save_freq=1", "trainer.save_merged=false", *overrides,
-    ])
+    return load_config(
+        PPOConfig,
+        PRESET,
+        [
+            f"actor_rollout_ref.model.path={model}",
+            f"trainer.default_local_dir={run_root}",
+            "data.train_batch_size=2",
+            "actor_rollout_ref.rollout.n=2",
+            "actor_rollout_ref.actor.ppo_mini_batch_size=1",
+            "trainer.total_training_steps=3",
+            "trainer.save_freq=1",
+            "trainer.save_merged=false",
+            *overrides,
+        ],
+    )
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -73,8 +83,18 @@ def toy_batch():
     tok = toy_tokenizer()
     model = toy_model(tok)
     sampling = SamplingParams(temperature=0.0)
-    out = asyncio.run(rollout(HFEngine(model, tok), tok, MemoryRetriever(), [prompt_ids(tok)] * 2, TOY_CFG,
-                              sampling, uids=["q0", "q1"], n=2))
+    out = asyncio.run(
+        rollout(
+            HFEngine(model, tok),
+            tok,
+            MemoryRetriever(),
+            [prompt_ids(tok)] * 2,
+            TOY_CFG,
+            sampling,
+            uids=["q0", "q1"],
+            n=2,
+        )
+    )
     return tok, out.trajectories
 
 
@@ -104,8 +124,17 @@ def test_observation_tokens_get_zero_loss_weight(toy_batch) -> None:
         entropy = torch.rand(b.response_mask.shape, requires_grad=True)
         vpreds = torch.randn(b.response_mask.shape, requires_grad=True)
         old, ref = logp.detach() + 0.1 * torch.randn_like(logp), logp.detach() + 0.1 * torch.randn_like(logp)
-        loss, _ = actor_loss(a, core_algos.get_policy_loss_fn("vanilla"), policy_loss_config(a), logp, entropy,
-                             old, ref, adv, b.response_mask)
+        loss, _ = actor_loss(
+            a,
+            core_algos.get_policy_loss_fn("vanilla"),
+            policy_loss_config(a),
+            logp,
+            entropy,
+            old,
+            ref,
+            adv,
+            b.response_mask,
+        )
         vf_loss, _ = core_algos.compute_value_loss(vpreds, returns, values, b.response_mask, 0.5)
         (loss + vf_loss).backward()
         for grad in (logp.grad, entropy.grad, vpreds.grad):
@@ -116,7 +145,9 @@ def test_observation_tokens_get_zero_loss_weight(toy_batch) -> None:
 
 
 def test_data_order_is_a_function_of_step() -> None:
-    seen = [i for step in range(1, 8) for i in batch_indices(step, n_rows=10, batch_size=3, seed=1, shuffle=True)]
+    seen = [
+        i for step in range(1, 8) for i in batch_indices(step, n_rows=10, batch_size=3, seed=1, shuffle=True)
+    ]
     assert sorted(seen[:9]) == sorted(set(seen[:9]))  # no repeats inside an epoch
     assert sorted(seen[:10]) == list(range(10))  # every row once per epoch
     assert batch_indices(5, 10, 3, 1, True) == seen[12:15]
@@ -127,14 +158,27 @@ def test_data_order_is_a_function_of_step() -> None:
 
 @pytest.mark.slow
 def test_resume_after_kill_matches_uninterrupted_run(base_model, bm25_index, tmp_path) -> None:
-    common = [f"actor_rollout_ref.model.path={base_model}", f"retriever.index_dir={bm25_index}",
-              "data.train_batch_size=2", "actor_rollout_ref.rollout.n=2",
-              "actor_rollout_ref.actor.ppo_mini_batch_size=1", "trainer.total_training_steps=4", "trainer.save_freq=2",
-              "trainer.save_merged=false"]
+    common = [
+        f"actor_rollout_ref.model.path={base_model}",
+        f"retriever.index_dir={bm25_index}",
+        "data.train_batch_size=2",
+        "actor_rollout_ref.rollout.n=2",
+        "actor_rollout_ref.actor.ppo_mini_batch_size=1",
+        "trainer.total_training_steps=4",
+        "trainer.save_freq=2",
+        "trainer.save_merged=false",
+    ]
     whole = train(load_config(PPOConfig, PRESET, [*common, f"trainer.default_local_dir={tmp_path / 'a'}"]))
 
-    cmd = [sys.executable, "-m", "search_r1.rl.trainer", "--config", str(PRESET), *common,
-           f"trainer.default_local_dir={tmp_path / 'b'}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "search_r1.rl.trainer",
+        "--config",
+        str(PRESET),
+        *common,
+        f"trainer.default_local_dir={tmp_path / 'b'}",
+    ]
     run_b = tmp_path / "b" / "tiny_ppo"
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
@@ -169,8 +213,10 @@ class FlakyRetriever:
 @pytest.mark.slow
 def test_retriever_outage_is_counted_and_training_recovers(sft_start, world, free_port, tmp_path) -> None:
     flaky = FlakyRetriever(TitleRetriever(world.corpus), f"http://127.0.0.1:{free_port}", range(3, 7))
-    run = train(make_cfg(sft_start, tmp_path, "trainer.total_training_steps=4", "data.train_batch_size=4"),
-                retriever=flaky)
+    run = train(
+        make_cfg(sft_start, tmp_path, "trainer.total_training_steps=4", "data.train_batch_size=4"),
+        retriever=flaky,
+    )
     m = read_metrics(run)
     assert [x["step"] for x in m] == [1, 2, 3, 4]
     failures = [x["rollout/retrieval_failures"] for x in m]
@@ -189,7 +235,9 @@ def sft_start(base_model, world, tmp_path_factory) -> Path:
         return SFT_MERGED
     import hashlib
 
-    key = hashlib.sha256(f"{(base_model / 'model.safetensors').stat().st_mtime_ns}-{base_model}-{SFT_RECIPE}".encode())
+    key = hashlib.sha256(
+        f"{(base_model / 'model.safetensors').stat().st_mtime_ns}-{base_model}-{SFT_RECIPE}".encode()
+    )
     out_dir = RUNS_DIR / "rl_tests" / f"sft_like-{key.hexdigest()[:12]}"
     if (out_dir / "config.json").exists():
         return out_dir
@@ -201,24 +249,38 @@ def sft_start(base_model, world, tmp_path_factory) -> Path:
 
     tok = AutoTokenizer.from_pretrained(base_model)
     rows = read_parquet(world.train)[: SFT_RECIPE["questions"]]
-    prompts = [tok.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=True, return_dict=False)
-               for r in rows]
+    prompts = [
+        tok.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=True, return_dict=False)
+        for r in rows
+    ]
     teacher = OracleTeacher(tok, load_oracle_questions(world.root / "questions.jsonl"))
     protocol = ProtocolConfig.from_yaml(CONFIG_DIR / "agent" / "tiny.yaml")
-    out = asyncio.run(rollout(teacher, tok, TitleRetriever(world.corpus), prompts, protocol,
-                              SamplingParams(temperature=1.0, seed=0), uids=[uid_of(r) for r in rows]))
+    out = asyncio.run(
+        rollout(
+            teacher,
+            tok,
+            TitleRetriever(world.corpus),
+            prompts,
+            protocol,
+            SamplingParams(temperature=1.0, seed=0),
+            uids=[uid_of(r) for r in rows],
+        )
+    )
     trajs = [t for t in out.trajectories if t.final_answer is not None]
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(base_model)
     opt = torch.optim.AdamW(model.parameters(), lr=SFT_RECIPE["lr"])
     rng = np.random.default_rng(0)
     for _ in range(SFT_RECIPE["steps"]):
-        b = collate([trajs[i] for i in rng.choice(len(trajs), SFT_RECIPE["batch"], replace=False)], tok.pad_token_id)
+        b = collate(
+            [trajs[i] for i in rng.choice(len(trajs), SFT_RECIPE["batch"], replace=False)], tok.pad_token_id
+        )
         labels = b.input_ids.clone()
         labels[:, : b.prompt_len] = -100
         labels[:, b.prompt_len :][b.response_mask == 0] = -100
-        loss = model(input_ids=b.input_ids, attention_mask=b.attention_mask, position_ids=b.position_ids,
-                     labels=labels).loss
+        loss = model(
+            input_ids=b.input_ids, attention_mask=b.attention_mask, position_ids=b.position_ids, labels=labels
+        ).loss
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -248,28 +310,56 @@ def test_rl_from_sft_start_raises_reward(sft_start, bm25_index, tmp_path) -> Non
     trained start gets signal from its first steps. The margin comes from the measured spread: the last window must beat the first by
     more than two standard errors of the difference (each window's rewards are 48 samples), which a
     run whose reward is not moving passes about 2% of the time."""
-    run = train(load_config(PPOConfig, PRESET, [
-        f"actor_rollout_ref.model.path={sft_start}", f"trainer.default_local_dir={tmp_path}",
-        f"retriever.index_dir={bm25_index}", "algorithm.adv_estimator=grpo", "data.train_batch_size=4",
-        "actor_rollout_ref.rollout.n=4", "actor_rollout_ref.actor.ppo_mini_batch_size=2",
-        "actor_rollout_ref.actor.optim.lr=1e-4", "trainer.total_training_steps=12", "trainer.save_freq=-1",
-        "reward.reward_kwargs.reward=em_format", "trainer.save_merged=false",
-    ]))
+    run = train(
+        load_config(
+            PPOConfig,
+            PRESET,
+            [
+                f"actor_rollout_ref.model.path={sft_start}",
+                f"trainer.default_local_dir={tmp_path}",
+                f"retriever.index_dir={bm25_index}",
+                "algorithm.adv_estimator=grpo",
+                "data.train_batch_size=4",
+                "actor_rollout_ref.rollout.n=4",
+                "actor_rollout_ref.actor.ppo_mini_batch_size=2",
+                "actor_rollout_ref.actor.optim.lr=1e-4",
+                "trainer.total_training_steps=12",
+                "trainer.save_freq=-1",
+                "reward.reward_kwargs.reward=em_format",
+                "trainer.save_merged=false",
+            ],
+        )
+    )
     m = read_metrics(run)
     first, first_se, _ = _window(m, slice(0, 3))
     last, last_se, _ = _window(m, slice(-3, None))
     margin = 2 * float(np.hypot(first_se, last_se))
-    print(f"reward first 3 steps {first:.3f}±{first_se:.3f}, last 3 steps {last:.3f}±{last_se:.3f}, margin {margin:.3f}")
+    print(
+        f"reward first 3 steps {first:.3f}±{first_se:.3f}, last 3 steps {last:.3f}±{last_se:.3f}, margin {margin:.3f}"
+    )
     assert last - first > margin
 
 
 @pytest.mark.slow
 def test_rl_from_base_model_completes_with_metrics(base_model, bm25_index, tmp_path) -> None:
-    run = train(make_cfg(base_model, tmp_path, f"retriever.index_dir={bm25_index}", "trainer.save_merged=true"))
+    run = train(
+        make_cfg(base_model, tmp_path, f"retriever.index_dir={bm25_index}", "trainer.save_merged=true")
+    )
     m = read_metrics(run)
     assert [x["step"] for x in m] == [1, 2, 3]
-    for key in ("reward/mean", "reward/em", "rollout/searches_per_question", "rollout/valid_action_ratio",
-                "rollout/response_length", "actor/kl_loss", "actor/entropy", "actor/pg_clipfrac", "critic/vf_loss",
-                "rollout/retrieval_failures", "timing_s/rollout", "timing_s/update"):
+    for key in (
+        "reward/mean",
+        "reward/em",
+        "rollout/searches_per_question",
+        "rollout/valid_action_ratio",
+        "rollout/response_length",
+        "actor/kl_loss",
+        "actor/entropy",
+        "actor/pg_clipfrac",
+        "critic/vf_loss",
+        "rollout/retrieval_failures",
+        "timing_s/rollout",
+        "timing_s/update",
+    ):
         assert all(np.isfinite(x[key]) for x in m), key
     assert (run / "merged" / "config.json").exists()

@@ -48,7 +48,10 @@ def test_config_composes_over_verl_defaults_and_validates(name, toy_dir) -> None
 
 def test_misspelled_key_is_rejected(toy_dir) -> None:
     with pytest.raises(ValueError, match=r"actor_rollout_ref\.actor\.clip_ration"):
-        check("verl_ppo", [f"actor_rollout_ref.model.path={toy_dir}", "+actor_rollout_ref.actor.clip_ration=0.1"])
+        check(
+            "verl_ppo",
+            [f"actor_rollout_ref.model.path={toy_dir}", "+actor_rollout_ref.actor.clip_ration=0.1"],
+        )
 
 
 def test_verl_loads_our_reward_function(monkeypatch) -> None:
@@ -57,8 +60,12 @@ def test_verl_loads_our_reward_function(monkeypatch) -> None:
     monkeypatch.chdir(REPO_ROOT)  # verl resolves custom_reward_function.path from the working directory
     fn = get_custom_reward_fn(compose_config("verl_ppo"))
     gold = {"target": ["Velmora"]}
-    right = fn(data_source="world", solution_str="<think>t</think><answer> Velmora </answer>", ground_truth=gold)
-    wrong = fn(data_source="world", solution_str="<think>t</think><answer> Zorland </answer>", ground_truth=gold)
+    right = fn(
+        data_source="world", solution_str="<think>t</think><answer> Velmora </answer>", ground_truth=gold
+    )
+    wrong = fn(
+        data_source="world", solution_str="<think>t</think><answer> Zorland </answer>", ground_truth=gold
+    )
     assert right["score"] == 1.0 and right["em"] == 1.0 and wrong["score"] == 0.0
 
 
@@ -73,10 +80,17 @@ class InProcessServerManager:
         from verl.workers.rollout.replica import TokenOutput
 
         self.requests.append(dict(sampling_params))
-        res = await self.engine.generate(prompt_ids, SamplingParams(
-            max_new_tokens=sampling_params["max_tokens"], temperature=sampling_params["temperature"],
-            top_p=sampling_params["top_p"], top_k=max(sampling_params["top_k"], 0),
-            stop=sampling_params.get("stop", []), logprobs=sampling_params["logprobs"]))
+        res = await self.engine.generate(
+            prompt_ids,
+            SamplingParams(
+                max_new_tokens=sampling_params["max_tokens"],
+                temperature=sampling_params["temperature"],
+                top_p=sampling_params["top_p"],
+                top_k=max(sampling_params["top_k"], 0),
+                stop=sampling_params.get("stop", []),
+                logprobs=sampling_params["logprobs"],
+            ),
+        )
         return TokenOutput(token_ids=res.token_ids, log_probs=res.logprobs, stop_reason="completed")
 
 
@@ -91,36 +105,51 @@ def test_agent_loop_in_verl_worker_returns_our_observation_mask(toy_dir, tmp_pat
     from search_r1.rl.trainer import actor_loss
 
     loops = tmp_path / "agent_loops.yaml"
-    overrides = [f"{k}={getattr(TOY_CFG, k)}" for k in ("max_turns", "topk", "max_obs_tokens", "max_turn_tokens",
-                                                         "max_response_tokens")]
-    loops.write_text(f"- name: search_r1_agent\n  _target_: search_r1.rl.agent_loop.SearchAgentLoop\n"
-                     f"  retriever_url: http://127.0.0.1:1\n  protocol: configs/agent/tiny.yaml\n"
-                     f"  protocol_overrides: {overrides}\n")
+    overrides = [
+        f"{k}={getattr(TOY_CFG, k)}"
+        for k in ("max_turns", "topk", "max_obs_tokens", "max_turn_tokens", "max_response_tokens")
+    ]
+    loops.write_text(
+        f"- name: search_r1_agent\n  _target_: search_r1.rl.agent_loop.SearchAgentLoop\n"
+        f"  retriever_url: http://127.0.0.1:1\n  protocol: configs/agent/tiny.yaml\n"
+        f"  protocol_overrides: {overrides}\n"
+    )
     retriever = MemoryRetriever()
     monkeypatch.setattr(agent_loop, "_client", lambda url, timeout_s: retriever)
-    cfg = compose_config("verl_ppo", [
-        f"actor_rollout_ref.model.path={toy_dir}", f"actor_rollout_ref.rollout.agent.agent_loop_config_path={loops}",
-        "data.max_prompt_length=128", "data.max_response_length=512", "actor_rollout_ref.rollout.temperature=0",
-    ])
+    cfg = compose_config(
+        "verl_ppo",
+        [
+            f"actor_rollout_ref.model.path={toy_dir}",
+            f"actor_rollout_ref.rollout.agent.agent_loop_config_path={loops}",
+            "data.max_prompt_length=128",
+            "data.max_response_length=512",
+            "actor_rollout_ref.rollout.temperature=0",
+        ],
+    )
     tok = toy_tokenizer()
     from transformers import AutoModelForCausalLM
 
     manager = InProcessServerManager(HFEngine(AutoModelForCausalLM.from_pretrained(toy_dir), tok))
     worker = AgentLoopWorker(cfg, manager)
     n = 2
-    batch = DataProto.from_dict(non_tensors={
-        "raw_prompt": np.array([[{"role": "user", "content": QUESTION}]] * n, dtype=object),
-        "data_source": np.array(["world"] * n, dtype=object),
-        "reward_model": np.array([{"style": "rule", "ground_truth": {"target": ["Velmora"]}}] * n, dtype=object),
-        "extra_info": np.array([{"uid": f"world-train-{i}"} for i in range(n)], dtype=object),
-        "index": np.arange(n),
-    })
+    batch = DataProto.from_dict(
+        non_tensors={
+            "raw_prompt": np.array([[{"role": "user", "content": QUESTION}]] * n, dtype=object),
+            "data_source": np.array(["world"] * n, dtype=object),
+            "reward_model": np.array(
+                [{"style": "rule", "ground_truth": {"target": ["Velmora"]}}] * n, dtype=object
+            ),
+            "extra_info": np.array([{"uid": f"world-train-{i}"} for i in range(n)], dtype=object),
+            "index": np.arange(n),
+        }
+    )
     out = asyncio.run(worker.generate_sequences(batch))
 
-    assert manager.requests and all(r["stop"] == list(STOP_STRINGS) and r["include_stop_str_in_output"]
-                                    for r in manager.requests)
+    assert manager.requests and all(
+        r["stop"] == list(STOP_STRINGS) and r["include_stop_str_in_output"] for r in manager.requests
+    )
     responses, mask = out.batch["responses"], out.batch["response_mask"]
-    attn = out.batch["attention_mask"][:, out.batch["prompts"].shape[1]:]
+    attn = out.batch["attention_mask"][:, out.batch["prompts"].shape[1] :]
     assert retriever.calls == n and list(out.non_tensor_batch["searches"]) == [1] * n
     for i in range(n):
         policy = tok.decode(responses[i][mask[i].bool()])
@@ -133,7 +162,16 @@ def test_agent_loop_in_verl_worker_returns_our_observation_mask(toy_dir, tmp_pat
     m = mask.float()
     logp = torch.randn(m.shape, requires_grad=True)
     a = ActorConfig()
-    loss, _ = actor_loss(a, core_algos.get_policy_loss_fn("vanilla"), policy_loss_config(a), logp,
-                         torch.zeros_like(m), logp.detach() - 0.1, logp.detach() + 0.1, torch.randn(m.shape), m)
+    loss, _ = actor_loss(
+        a,
+        core_algos.get_policy_loss_fn("vanilla"),
+        policy_loss_config(a),
+        logp,
+        torch.zeros_like(m),
+        logp.detach() - 0.1,
+        logp.detach() + 0.1,
+        torch.randn(m.shape),
+        m,
+    )
     loss.backward()
     assert torch.all(logp.grad[(m == 0)] == 0) and logp.grad[m > 0].abs().sum() > 0

@@ -41,8 +41,12 @@ def oracle_trajectories(world, tokenizer, n_questions: int = 12) -> list[Traject
     protocol = ProtocolConfig.from_yaml(CONFIG_DIR / "agent" / "tiny.yaml")
 
     async def one(q, k):
-        ids = tokenizer.apply_chat_template(q.messages, add_generation_prompt=True, tokenize=True, return_dict=False)
-        t = await run_episode(oracle, tokenizer, retriever, list(ids), protocol, SamplingParams(seed=k), q.uid, k)
+        ids = tokenizer.apply_chat_template(
+            q.messages, add_generation_prompt=True, tokenize=True, return_dict=False
+        )
+        t = await run_episode(
+            oracle, tokenizer, retriever, list(ids), protocol, SamplingParams(seed=k), q.uid, k
+        )
         t.extra.update(messages=q.messages, golds=q.golds, meta=q.meta)
         return t
 
@@ -59,7 +63,11 @@ def lf_dataset(cfg: SFTConfig, tokenizer_dir: Path):
     from llamafactory.model import load_tokenizer
 
     register_template(AutoTokenizer.from_pretrained(tokenizer_dir))
-    args = lf_train_args(cfg) | {"cutoff_len": 4096, "preprocessing_num_workers": None, "overwrite_cache": True}
+    args = lf_train_args(cfg) | {
+        "cutoff_len": 4096,
+        "preprocessing_num_workers": None,
+        "overwrite_cache": True,
+    }
     model_args, data_args, training_args, finetuning_args, _ = get_train_args(args)
     module = load_tokenizer(model_args)
     template = get_template_and_fix_tokenizer(module["tokenizer"], data_args)
@@ -70,7 +78,9 @@ def test_template_prompt_matches_the_models_chat_template(tokenizer_dir):
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     fmt = chat_format(tok)
     assert fmt.after.endswith("<|im_start|>assistant\n")
-    rendered = tok.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False)
+    rendered = tok.apply_chat_template(
+        [{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False
+    )
     assert fmt.before + "hi" + fmt.after == rendered
     has_system = "You are Qwen" in fmt.before
     assert has_system == (tok.chat_template == QWEN25_CHAT_TEMPLATE)
@@ -81,7 +91,10 @@ def test_qwen25_format_agrees_with_llamafactorys_builtin_qwen_template(world, tm
     from llamafactory.data.template import TEMPLATES
 
     tok = AutoTokenizer.from_pretrained(build_tokenizer(world, tmp_path, QWEN25_CHAT_TEMPLATE))
-    messages = [{"role": "user", "content": "Question: Who founded it?"}, {"role": "assistant", "content": "x"}]
+    messages = [
+        {"role": "user", "content": "Question: Who founded it?"},
+        {"role": "assistant", "content": "x"},
+    ]
     register_template(tok)
     ours = TEMPLATES[TEMPLATE_NAME].encode_oneturn(tok, messages)[0]
     builtin = TEMPLATES["qwen"].encode_oneturn(tok, messages)[0]
@@ -105,7 +118,9 @@ def test_export_splits_at_mask_boundaries(world, tokenizer_dir):
     assert runs([1, 2, 3, 4], [1, 1, 0, 1]) == [(1, [1, 2]), (0, [3]), (1, [4])]
 
 
-def test_llamafactory_labels_train_policy_tokens_only_and_stream_equals_rollout(world, tokenizer_dir, tmp_path):
+def test_llamafactory_labels_train_policy_tokens_only_and_stream_equals_rollout(
+    world, tokenizer_dir, tmp_path
+):
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     trajs = [t for t in oracle_trajectories(world, tok) if t.finish_reason == "answer"]
     assert any(t.num_searches == 2 for t in trajs) and any(t.num_searches == 0 for t in trajs)

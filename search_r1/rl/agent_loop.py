@@ -51,8 +51,9 @@ class ServerManagerEngine:
             "include_stop_str_in_output": True,
             "logprobs": sampling.logprobs,
         }
-        out = await self.server_manager.generate(request_id=self.request_id, prompt_ids=prompt_ids,
-                                                 sampling_params=params)
+        out = await self.server_manager.generate(
+            request_id=self.request_id, prompt_ids=prompt_ids, sampling_params=params
+        )
         ids = list(out.token_ids)
         text = self.tokenizer.decode(ids, skip_special_tokens=False)
         found = [s for s in sampling.stop if s in text]
@@ -85,9 +86,15 @@ def _resolve(path: str) -> Path:
 class SearchAgentLoop(AgentLoopBase):
     """Multi-turn search episode (DESIGN §4) as a verl agent loop."""
 
-    def __init__(self, *args: Any, retriever_url: str = "http://127.0.0.1:8000", retriever_timeout_s: float = 10.0,
-                 protocol: str = "configs/agent/default.yaml", protocol_overrides: list[str] | None = None,
-                 **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        retriever_url: str = "http://127.0.0.1:8000",
+        retriever_timeout_s: float = 10.0,
+        protocol: str = "configs/agent/default.yaml",
+        protocol_overrides: list[str] | None = None,
+        **kwargs: Any,
+    ):
         super().__init__(*args, **kwargs)
         self.retriever_url = retriever_url
         self.retriever_timeout_s = retriever_timeout_s
@@ -105,7 +112,9 @@ class SearchAgentLoop(AgentLoopBase):
         engine = ServerManagerEngine(self.server_manager, self.tokenizer, uuid4().hex)
         retriever = _client(self.retriever_url, self.retriever_timeout_s)
         uid = str((kwargs.get("extra_info") or {}).get("uid", kwargs.get("index", "")))
-        traj = await run_episode(engine, self.tokenizer, retriever, prompt_ids, self.protocol, sampling, uid=uid)
+        traj = await run_episode(
+            engine, self.tokenizer, retriever, prompt_ids, self.protocol, sampling, uid=uid
+        )
         n = self.response_length
         return AgentLoopOutput(
             prompt_ids=traj.prompt_ids,
@@ -113,8 +122,10 @@ class SearchAgentLoop(AgentLoopBase):
             response_mask=traj.response_mask[:n],
             response_logprobs=traj.response_logprobs[:n] if traj.response_logprobs is not None else None,
             num_turns=1 + 2 * len(traj.turns),
-            metrics=AgentLoopMetrics(generate_sequences=traj.extra.get("generation_s", 0.0),
-                                     tool_calls=traj.extra.get("retrieval_s", 0.0)),
+            metrics=AgentLoopMetrics(
+                generate_sequences=traj.extra.get("generation_s", 0.0),
+                tool_calls=traj.extra.get("retrieval_s", 0.0),
+            ),
             extra_fields={
                 "turn_scores": [],
                 "tool_rewards": [],

@@ -30,15 +30,22 @@ def compute_advantages(
         if values is None:
             raise ValueError("adv_estimator=gae needs the critic's values")
         return core_algos.compute_gae_advantage_return(
-            token_level_rewards=token_level_rewards, values=values, response_mask=response_mask,
-            gamma=algo.gamma, lam=algo.lam,
+            token_level_rewards=token_level_rewards,
+            values=values,
+            response_mask=response_mask,
+            gamma=algo.gamma,
+            lam=algo.lam,
         )
     fn = core_algos.get_adv_estimator_fn(algo.adv_estimator)
     kwargs = {"token_level_rewards": token_level_rewards, "response_mask": response_mask, "index": index}
     params = inspect.signature(fn).parameters
     if "config" in params:
-        kwargs["config"] = AlgoConfig(gamma=algo.gamma, lam=algo.lam, adv_estimator=algo.adv_estimator,
-                                      norm_adv_by_std_in_grpo=algo.norm_adv_by_std_in_grpo)
+        kwargs["config"] = AlgoConfig(
+            gamma=algo.gamma,
+            lam=algo.lam,
+            adv_estimator=algo.adv_estimator,
+            norm_adv_by_std_in_grpo=algo.norm_adv_by_std_in_grpo,
+        )
     if "norm_adv_by_std_in_grpo" in params:
         kwargs["norm_adv_by_std_in_grpo"] = algo.norm_adv_by_std_in_grpo
     return fn(**kwargs)
@@ -46,11 +53,13 @@ def compute_advantages(
 
 def policy_loss_config(actor: ActorConfig) -> DictConfig:
     """The slice of verl's ``ActorConfig`` that verl's policy-loss functions read."""
-    return OmegaConf.create({
-        "clip_ratio": actor.clip_ratio,
-        "clip_ratio_low": actor.clip_ratio,
-        "clip_ratio_high": actor.clip_ratio,
-        "clip_ratio_c": actor.clip_ratio_c,
-        "loss_agg_mode": actor.loss_agg_mode,
-        "global_batch_info": {},
-    })
+    return OmegaConf.create(
+        {
+            "clip_ratio": actor.clip_ratio,
+            "clip_ratio_low": actor.clip_ratio,
+            "clip_ratio_high": actor.clip_ratio,
+            "clip_ratio_c": actor.clip_ratio_c,
+            "loss_agg_mode": actor.loss_agg_mode,
+            "global_batch_info": {},
+        }
+    )

@@ -68,7 +68,9 @@ def collate(trajs: Sequence[Trajectory], pad_id: int) -> Batch:
     response_mask = torch.zeros((B, R), dtype=torch.float32)
     for i, t in enumerate(trajs):
         if len(t.response_mask) != len(t.response_ids):
-            raise ValueError(f"trajectory {t.uid}: mask length {len(t.response_mask)} != {len(t.response_ids)}")
+            raise ValueError(
+                f"trajectory {t.uid}: mask length {len(t.response_mask)} != {len(t.response_ids)}"
+            )
         prompts[i, P - len(t.prompt_ids) :] = torch.tensor(t.prompt_ids)
         prompt_attn[i, P - len(t.prompt_ids) :] = 1
         n = len(t.response_ids)

@@ -48,7 +48,7 @@ def save_checkpoint(run_dir: Path, step: int, actor, critic, actor_opt, critic_o
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    steps = [int(p.name[len(PREFIX):]) for p in run_dir.glob(f"{PREFIX}*") if (p / "state.pt").exists()]
+    steps = [int(p.name[len(PREFIX) :]) for p in run_dir.glob(f"{PREFIX}*") if (p / "state.pt").exists()]
     return run_dir / f"{PREFIX}{max(steps)}" if steps else None
 
 

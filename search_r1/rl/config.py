@@ -28,7 +28,9 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    path: str = _f(str(MODELS_DIR / "tiny-base"), "HF folder of the starting policy (the SFT merged checkpoint)")
+    path: str = _f(
+        str(MODELS_DIR / "tiny-base"), "HF folder of the starting policy (the SFT merged checkpoint)"
+    )
     lora_rank: int = _f(0, "LoRA rank; 0 = full fine-tuning (then the reference is a frozen copy)")
     lora_alpha: int = _f(16, "LoRA alpha")
     target_modules: str = _f("all-linear", "LoRA target modules (peft syntax)")
@@ -98,7 +100,9 @@ class KLCtrlConfig:
 
 @dataclass
 class AlgorithmConfig:
-    adv_estimator: str = _f("gae", "verl advantage-estimator registry name: gae (PPO + critic), grpo, rloo, ...")
+    adv_estimator: str = _f(
+        "gae", "verl advantage-estimator registry name: gae (PPO + critic), grpo, rloo, ..."
+    )
     gamma: float = _f(1.0, "discount")
     lam: float = _f(1.0, "GAE lambda")
     norm_adv_by_std_in_grpo: bool = _f(True, "GRPO: divide by the group std (False = Dr.GRPO)")

@@ -16,7 +16,9 @@ from search_r1.rl.config import RetrieverConfig
 
 
 @contextlib.contextmanager
-def open_retriever(cfg: RetrieverConfig, runner: asyncio.Runner, given: Retriever | None = None) -> Iterator[Retriever]:
+def open_retriever(
+    cfg: RetrieverConfig, runner: asyncio.Runner, given: Retriever | None = None
+) -> Iterator[Retriever]:
     """Yield a retriever usable on ``runner``'s event loop (``given`` wins when passed)."""
     if given is not None:
         yield given

@@ -71,14 +71,20 @@ def load_models(cfg: PPOConfig, device: torch.device, dtype: torch.dtype):
         ref = AutoModelForCausalLM.from_pretrained(mcfg.path, dtype=dtype).to(device).requires_grad_(False)
     critic = None
     if cfg.algorithm.adv_estimator == "gae":
-        critic = AutoModelForTokenClassification.from_pretrained(mcfg.path, num_labels=1, dtype=dtype).to(device)
+        critic = AutoModelForTokenClassification.from_pretrained(mcfg.path, num_labels=1, dtype=dtype).to(
+            device
+        )
         if mcfg.lora_rank > 0:
             from peft import LoraConfig, get_peft_model
 
             critic = get_peft_model(
                 critic,
-                LoraConfig(r=mcfg.lora_rank, lora_alpha=mcfg.lora_alpha, target_modules=mcfg.target_modules,
-                           modules_to_save=["score"]),
+                LoraConfig(
+                    r=mcfg.lora_rank,
+                    lora_alpha=mcfg.lora_alpha,
+                    target_modules=mcfg.target_modules,
+                    modules_to_save=["score"],
+                ),
             )
     for m in (actor, ref, critic):  # no dropout anywhere: rollout and training see the same policy
         if m is not None:
@@ -106,7 +112,9 @@ def forward_values(critic, b: Batch) -> torch.Tensor:
 
 @torch.no_grad()
 def batched(fn, b: Batch, size: int) -> torch.Tensor:
-    return torch.cat([fn(b.select(range(i, min(i + size, len(b.uids))))) for i in range(0, len(b.uids), size)])
+    return torch.cat(
+        [fn(b.select(range(i, min(i + size, len(b.uids))))) for i in range(0, len(b.uids), size)]
+    )
 
 
 def ref_logprobs(actor, ref, b: Batch, temperature: float) -> torch.Tensor:
@@ -121,22 +129,32 @@ def train(cfg: PPOConfig, retriever: Retriever | None = None) -> Path:
     a, r, algo, t = cfg.actor_rollout_ref.actor, cfg.actor_rollout_ref.rollout, cfg.algorithm, cfg.trainer
     run_dir = Path(t.default_local_dir) / t.experiment_name
     run_dir.mkdir(parents=True, exist_ok=True)
-    device = torch.device(t.device if t.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(
+        t.device if t.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    )
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     random.seed(t.seed), np.random.seed(t.seed), torch.manual_seed(t.seed)
 
     tokenizer = AutoTokenizer.from_pretrained(cfg.actor_rollout_ref.model.path)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     actor, ref, critic = load_models(cfg, device, dtype)
-    actor_opt = torch.optim.AdamW([p for p in actor.parameters() if p.requires_grad], lr=a.optim.lr,
-                                  weight_decay=a.optim.weight_decay)
+    actor_opt = torch.optim.AdamW(
+        [p for p in actor.parameters() if p.requires_grad], lr=a.optim.lr, weight_decay=a.optim.weight_decay
+    )
     critic_opt = None
     if critic is not None:
-        critic_opt = torch.optim.AdamW([p for p in critic.parameters() if p.requires_grad],
-                                       lr=cfg.critic.optim.lr, weight_decay=cfg.critic.optim.weight_decay)
+        critic_opt = torch.optim.AdamW(
+            [p for p in critic.parameters() if p.requires_grad],
+            lr=cfg.critic.optim.lr,
+            weight_decay=cfg.critic.optim.weight_decay,
+        )
     rows = read_parquet(cfg.data.train_files)
-    prompts = [tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True,
-                                             return_dict=False) for row in rows]
+    prompts = [
+        tokenizer.apply_chat_template(
+            row["prompt"], add_generation_prompt=True, tokenize=True, return_dict=False
+        )
+        for row in rows
+    ]
     protocol = ProtocolConfig.from_yaml(cfg.agent.protocol)
     pl_config = policy_loss_config(a)
     policy_loss_fn = core_algos.get_policy_loss_fn(a.policy_loss.loss_mode)
@@ -159,22 +177,43 @@ def train(cfg: PPOConfig, retriever: Retriever | None = None) -> Path:
             uids = [uid_of(rows[i]) for i in idx]
             with timer(timing, "rollout"):
                 torch.manual_seed(t.seed * 100_003 + step)  # sampling noise is a function of the step
-                out = runner.run(rollout(engine, tokenizer, retr, [prompts[i] for i in idx], protocol, sampling,
-                                         uids=uids, n=r.n))
+                out = runner.run(
+                    rollout(
+                        engine,
+                        tokenizer,
+                        retr,
+                        [prompts[i] for i in idx],
+                        protocol,
+                        sampling,
+                        uids=uids,
+                        n=r.n,
+                    )
+                )
             trajs = out.trajectories
             # ---- 2. reward: the same compute_score verl calls, on the decoded response only ------
             with timer(timing, "reward"):
                 rows_of = [rows[i] for i in idx for _ in range(r.n)]
-                scored = [compute_score(row["data_source"], tokenizer.decode(tr.response_ids, skip_special_tokens=True),
-                                        row["reward_model"]["ground_truth"], row["extra_info"],
-                                        **cfg.reward.reward_kwargs) for row, tr in zip(rows_of, trajs, strict=True)]
+                scored = [
+                    compute_score(
+                        row["data_source"],
+                        tokenizer.decode(tr.response_ids, skip_special_tokens=True),
+                        row["reward_model"]["ground_truth"],
+                        row["extra_info"],
+                        **cfg.reward.reward_kwargs,
+                    )
+                    for row, tr in zip(rows_of, trajs, strict=True)
+                ]
             b = collate(trajs, pad_id).to(device)
             scores = torch.tensor([s["score"] for s in scored], dtype=torch.float32, device=device)
             # ---- 3. old / reference log-probs and values ----------------------------------------
             mb = a.ppo_micro_batch_size_per_gpu
             with timer(timing, "old_log_prob"):
                 old_logp = batched(lambda x: forward_logprobs(actor, x, r.temperature)[0], b, mb)
-                ref_logp = batched(lambda x: ref_logprobs(actor, ref, x, r.temperature), b, mb) if _needs_ref(cfg) else None
+                ref_logp = (
+                    batched(lambda x: ref_logprobs(actor, ref, x, r.temperature), b, mb)
+                    if _needs_ref(cfg)
+                    else None
+                )
                 values = batched(lambda x: forward_values(critic, x), b, mb) if critic is not None else None
             # ---- 4. advantages (verl's estimators) ------------------------------------------------
             token_rewards = place_outcome_reward(scores, b.response_mask)
@@ -186,8 +225,21 @@ def train(cfg: PPOConfig, retriever: Retriever | None = None) -> Path:
             advantages, returns = compute_advantages(algo, token_rewards, b.response_mask, b.uids, values)
             # ---- 5. PPO epochs over mini-batches, gradient accumulation over micro-batches --------
             with timer(timing, "update"):
-                upd = update(cfg, actor, critic, actor_opt, critic_opt, policy_loss_fn, pl_config, b,
-                             old_logp, ref_logp, values, advantages, returns)
+                upd = update(
+                    cfg,
+                    actor,
+                    critic,
+                    actor_opt,
+                    critic_opt,
+                    policy_loss_fn,
+                    pl_config,
+                    b,
+                    old_logp,
+                    ref_logp,
+                    values,
+                    advantages,
+                    returns,
+                )
             # ---- 6. metrics, checkpoint ------------------------------------------------------------
             st = out.stats
             metrics = {
@@ -217,8 +269,21 @@ def train(cfg: PPOConfig, retriever: Retriever | None = None) -> Path:
     return run_dir
 
 
-def update(cfg: PPOConfig, actor, critic, actor_opt, critic_opt, policy_loss_fn, pl_config, b: Batch,
-           old_logp, ref_logp, values, advantages, returns) -> dict[str, float]:
+def update(
+    cfg: PPOConfig,
+    actor,
+    critic,
+    actor_opt,
+    critic_opt,
+    policy_loss_fn,
+    pl_config,
+    b: Batch,
+    old_logp,
+    ref_logp,
+    values,
+    advantages,
+    returns,
+) -> dict[str, float]:
     a, r = cfg.actor_rollout_ref.actor, cfg.actor_rollout_ref.rollout
     mini = a.ppo_mini_batch_size * r.n
     micro = a.ppo_micro_batch_size_per_gpu
@@ -234,38 +299,69 @@ def update(cfg: PPOConfig, actor, critic, actor_opt, critic_opt, policy_loss_fn,
                 idx = mini_idx[u0 : u0 + micro]
                 x, mask, weight = b.select(idx), b.response_mask[idx], len(idx) / len(mini_idx)
                 logp, entropy = forward_logprobs(actor, x, r.temperature, with_entropy=True)
-                loss, metrics = actor_loss(a, policy_loss_fn, pl_config, logp, entropy, old_logp[idx],
-                                           ref_logp[idx] if ref_logp is not None else None, advantages[idx], mask)
+                loss, metrics = actor_loss(
+                    a,
+                    policy_loss_fn,
+                    pl_config,
+                    logp,
+                    entropy,
+                    old_logp[idx],
+                    ref_logp[idx] if ref_logp is not None else None,
+                    advantages[idx],
+                    mask,
+                )
                 (loss * weight).backward()
                 for k, v in metrics.items():
                     _add(stats, k, v)
                 if critic is not None:
                     vpreds = forward_values(critic, x)
                     vf_loss, vf_clipfrac = core_algos.compute_value_loss(
-                        vpreds, returns[idx], values[idx], mask, cfg.critic.cliprange_value, a.loss_agg_mode)
+                        vpreds, returns[idx], values[idx], mask, cfg.critic.cliprange_value, a.loss_agg_mode
+                    )
                     (vf_loss * weight).backward()
                     _add(stats, "critic/vf_loss", vf_loss.item())
                     _add(stats, "critic/vf_clipfrac", vf_clipfrac.item())
-            gn = torch.nn.utils.clip_grad_norm_([p for p in actor.parameters() if p.requires_grad], a.grad_clip)
+            gn = torch.nn.utils.clip_grad_norm_(
+                [p for p in actor.parameters() if p.requires_grad], a.grad_clip
+            )
             _add(stats, "actor/grad_norm", gn.item())
             actor_opt.step()
             if critic is not None:
-                torch.nn.utils.clip_grad_norm_([p for p in critic.parameters() if p.requires_grad],
-                                               cfg.critic.grad_clip)
+                torch.nn.utils.clip_grad_norm_(
+                    [p for p in critic.parameters() if p.requires_grad], cfg.critic.grad_clip
+                )
                 critic_opt.step()
     return {k: float(np.mean(v)) for k, v in stats.items()}
 
 
-def actor_loss(a: ActorConfig, policy_loss_fn, pl_config, logp: torch.Tensor, entropy: torch.Tensor,
-               old_logp: torch.Tensor, ref_logp: torch.Tensor | None, advantages: torch.Tensor,
-               mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+def actor_loss(
+    a: ActorConfig,
+    policy_loss_fn,
+    pl_config,
+    logp: torch.Tensor,
+    entropy: torch.Tensor,
+    old_logp: torch.Tensor,
+    ref_logp: torch.Tensor | None,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+) -> tuple[torch.Tensor, dict[str, float]]:
     """verl's policy loss - entropy bonus + KL-to-reference loss, each aggregated with ``mask``."""
-    pg_loss, pg_metrics = policy_loss_fn(old_log_prob=old_logp, log_prob=logp, advantages=advantages,
-                                         response_mask=mask, loss_agg_mode=a.loss_agg_mode, config=pl_config)
+    pg_loss, pg_metrics = policy_loss_fn(
+        old_log_prob=old_logp,
+        log_prob=logp,
+        advantages=advantages,
+        response_mask=mask,
+        loss_agg_mode=a.loss_agg_mode,
+        config=pl_config,
+    )
     ent = core_algos.agg_loss(entropy, mask, a.loss_agg_mode)
     loss = pg_loss - a.entropy_coeff * ent
-    metrics = {"actor/pg_loss": pg_loss.item(), "actor/entropy": ent.item(),
-               "actor/pg_clipfrac": pg_metrics["actor/pg_clipfrac"], "actor/ppo_kl": pg_metrics["actor/ppo_kl"]}
+    metrics = {
+        "actor/pg_loss": pg_loss.item(),
+        "actor/entropy": ent.item(),
+        "actor/pg_clipfrac": pg_metrics["actor/pg_clipfrac"],
+        "actor/ppo_kl": pg_metrics["actor/ppo_kl"],
+    }
     if a.use_kl_loss:
         kl = core_algos.agg_loss(core_algos.kl_penalty(logp, ref_logp, a.kl_loss_type), mask, a.loss_agg_mode)
         loss = loss + a.kl_loss_coef * kl
@@ -294,9 +390,18 @@ def save_merged(actor, tokenizer, out: Path) -> None:
 class Logger:
     """Per-step metrics to the console (one line), ``<run>/metrics.jsonl`` and wandb."""
 
-    CONSOLE = ("reward/mean", "reward/em", "rollout/searches_per_question", "rollout/valid_action_ratio",
-               "rollout/response_length", "actor/kl_loss", "actor/entropy", "actor/pg_clipfrac", "critic/vf_loss",
-               "rollout/retrieval_failures")
+    CONSOLE = (
+        "reward/mean",
+        "reward/em",
+        "rollout/searches_per_question",
+        "rollout/valid_action_ratio",
+        "rollout/response_length",
+        "actor/kl_loss",
+        "actor/entropy",
+        "actor/pg_clipfrac",
+        "critic/vf_loss",
+        "rollout/retrieval_failures",
+    )
 
     def __init__(self, cfg: PPOConfig, run_dir: Path, start_step: int):
         path = run_dir / "metrics.jsonl"
@@ -309,19 +414,31 @@ class Logger:
         if "wandb" in cfg.trainer.logger:
             import wandb
 
-            self.wandb = wandb.init(project=cfg.trainer.project_name, name=cfg.trainer.experiment_name,
-                                    config=to_dict(cfg), dir=str(run_dir), resume="allow", id=_wandb_id(run_dir))
+            self.wandb = wandb.init(
+                project=cfg.trainer.project_name,
+                name=cfg.trainer.experiment_name,
+                config=to_dict(cfg),
+                dir=str(run_dir),
+                resume="allow",
+                id=_wandb_id(run_dir),
+            )
         self.console = "console" in cfg.trainer.logger
 
     def log(self, metrics: dict) -> None:
         self.file.write(json.dumps(metrics) + "\n")
         self.file.flush()
         if self.console:
-            shown = " ".join(f"{k.replace('reward/', 'reward_').split('/')[-1]}={metrics[k]:.3g}" for k in self.CONSOLE if k in metrics)
+            shown = " ".join(
+                f"{k.replace('reward/', 'reward_').split('/')[-1]}={metrics[k]:.3g}"
+                for k in self.CONSOLE
+                if k in metrics
+            )
             secs = sum(v for k, v in metrics.items() if k.startswith("timing_s/"))
             print(f"[ppo] step {metrics['step']} {shown} time={secs:.1f}s", flush=True)
         if self.wandb is not None:
-            self.wandb.log({k: v for k, v in metrics.items() if isinstance(v, int | float)}, step=metrics["step"])
+            self.wandb.log(
+                {k: v for k, v in metrics.items() if isinstance(v, int | float)}, step=metrics["step"]
+            )
 
     def close(self) -> None:
         self.file.close()
@@ -340,9 +457,12 @@ def _wandb_id(run_dir: Path) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = build_parser(PPOConfig, "Single-machine PPO/GRPO for the search agent.",
-                          CONFIG_DIR / "rl" / "tiny_ppo.yaml")
-    parser.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
+    parser = build_parser(
+        PPOConfig, "Single-machine PPO/GRPO for the search agent.", CONFIG_DIR / "rl" / "tiny_ppo.yaml"
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from the run folder's latest checkpoint"
+    )
     args = parser.parse_args(argv)
     overrides = list(args.overrides) + (["trainer.resume_mode=auto"] if args.resume else [])
     try:

@@ -21,7 +21,9 @@ RL_CONFIG_DIR = CONFIG_DIR / "rl"
 SEARCHPATH = "hydra.searchpath=[pkg://verl.trainer.config]"
 
 
-def compose_config(name: str = "verl_ppo", overrides: Sequence[str] = (), config_dir: Path = RL_CONFIG_DIR) -> DictConfig:
+def compose_config(
+    name: str = "verl_ppo", overrides: Sequence[str] = (), config_dir: Path = RL_CONFIG_DIR
+) -> DictConfig:
     """Our config ``name`` composed by Hydra exactly as ``verl.trainer.main_ppo`` would."""
     with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base=None):
         return compose(config_name=name, overrides=[SEARCHPATH, *overrides])
