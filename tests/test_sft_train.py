@@ -37,7 +37,8 @@ def test_preset_passes_llamafactory_argument_parsing(preset: Path, tmp_path):
             get_train_args(args)
         args = args | {"bf16": False, "use_cpu": True}
     model_args, data_args, training_args, finetuning_args, _ = get_train_args(args)
-    assert finetuning_args.finetuning_type == "lora"
+    # the method is LoRA; the tiny preset fine-tunes all weights (its tag embeddings are untrained)
+    assert finetuning_args.finetuning_type == ("full" if preset.stem == "tiny" else "lora")
     assert data_args.template == "search_r1" and data_args.dataset == ["search_r1_sft"]
     assert data_args.cutoff_len == cfg.llamafactory["cutoff_len"]
     assert training_args.output_dir == str(cfg.adapter_dir)
@@ -74,6 +75,10 @@ def test_lora_sft_with_llamafactory_then_merge_loads(world, tmp_path):
             "llamafactory.num_train_epochs=2",
             "llamafactory.save_steps=2",
             "llamafactory.per_device_train_batch_size=4",
+            "llamafactory.finetuning_type=lora",
+            "llamafactory.lora_rank=8",
+            "llamafactory.lora_alpha=16",
+            "llamafactory.lora_target=all",
         ],
     )
     trajs = [t for t in oracle_trajectories(world, tok) if t.finish_reason == "answer"]
