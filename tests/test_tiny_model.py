@@ -6,60 +6,46 @@ answer what it memorised; searching is the only way to the rest.
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import pytest
 
-from search_r1.agent.engines.base import SamplingParams
-from search_r1.agent.engines.hf import HFEngine
-from search_r1.agent.protocol import ANSWER_CLOSE, SEARCH_CLOSE, final_answer
-from search_r1.data.schema import read_parquet
-from search_r1.rewards.metrics import exact_match
+from search_r1.world.probe import ProbeConfig, probe
 
 
 @pytest.fixture(scope="module")
-def closed_book(tiny_model, world):
-    """Greedy closed-book answers on the dev split: (row, response text) pairs."""
-    engine = HFEngine.from_config(tiny_model, device="cpu", dtype="float32", max_batch_size=64)
-    tok = engine.tokenizer
-    rows = read_parquet(world.dev)
-    sampling = SamplingParams(max_new_tokens=32, temperature=0.0, stop=[ANSWER_CLOSE, SEARCH_CLOSE])
-
-    async def answer_all() -> list[str]:
-        prompts = [
-            tok.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=True, return_dict=False)
-            for r in rows
-        ]
-        outs = await asyncio.gather(*(engine.generate(list(p), sampling) for p in prompts))
-        return [tok.decode(o.token_ids, skip_special_tokens=True) for o in outs]
-
-    return list(zip(rows, asyncio.run(answer_all()), strict=True))
+def skills(tiny_model, world):
+    """Greedy closed-book and reading EM on the train+dev questions (the test split stays unseen)."""
+    return probe(ProbeConfig(model=str(tiny_model), world_dir=str(world.root), splits=["train", "dev"]))
 
 
-def _em_rate(pairs, known: bool) -> float:
-    scores = [
-        exact_match(final_answer(text), row["reward_model"]["ground_truth"]["target"])
-        for row, text in pairs
-        if bool(row["extra_info"]["known"]) is known
-    ]
-    assert scores, f"no dev questions with known={known}"
-    return sum(scores) / len(scores)
-
-
-def test_knows_famous_facts_and_not_the_others(closed_book):
-    known, unknown = _em_rate(closed_book, True), _em_rate(closed_book, False)
-    print(f"closed-book EM on dev: known {known:.3f}, unknown {unknown:.3f}")
-    # measured at the committed config: known 0.42, unknown 0.03 (dev, 26 known / 89 unknown)
+def test_knows_famous_facts_and_not_the_others(skills):
+    known, unknown = skills.closed_book_known, skills.closed_book_unknown
+    print(f"closed-book EM: known {known:.3f}, unknown {unknown:.3f} ({skills.counts})")
+    # measured at the committed config (train+dev): see build_info.json's "probe"
     assert known >= 0.3, known
     assert unknown <= 0.1, unknown
     assert known - unknown >= 0.25
 
 
-def test_answers_in_the_answer_format_and_never_searches(closed_book):
-    formatted = sum(final_answer(text) is not None for _, text in closed_book) / len(closed_book)
-    assert formatted >= 0.9, formatted
-    assert not any("<search>" in text or "<information>" in text for _, text in closed_book)
+READING_FLOOR = 0.5  # what SFT needs to beat the closed-book baseline by searching
+
+
+@pytest.mark.xfail(
+    reason="known gap (issues 5, 7): the tiny model does not yet learn to read; reading EM 0.01-0.04 in "
+    "every pretraining mix tried (docs/benchmarks.md, 'Tiny model: learning to read')",
+    strict=False,
+)
+def test_reads_the_answer_out_of_retrieved_passages(skills):
+    """The copy skill SFT builds on: unknown subjects, gold passage among retriever-like distractors."""
+    print(f"reading EM {skills.reading:.3f} over {skills.counts['reading']} questions")
+    assert skills.reading >= READING_FLOOR, skills.reading
+    assert skills.reading - skills.closed_book_unknown >= 0.4
+
+
+def test_answers_in_the_answer_format_and_never_searches(skills):
+    assert skills.answer_format >= 0.9, skills.answer_format
+    assert skills.searched == 0
 
 
 def test_tokenizer_has_tags_as_single_tokens_and_chatml(tiny_model):

@@ -79,12 +79,28 @@ class NameBank:
         self.rng = rng
         self.used: set[str] = set()
 
-    def new(self, lo: int = 2, hi: int = 3) -> str:
+    def new(self, lo: int = 2, hi: int = 3, kind: str = "") -> str:
         while True:
             name = _word(self.rng, lo, hi)
             if name not in self.used and 4 <= len(name) <= 12:
                 self.used.add(name)
                 return name
+
+
+class RecastNames:
+    """Draws existing names by kind instead of inventing them: ``generate_kb(..., names=RecastNames(...))``
+    gives a *counterfactual* knowledge base, the same names with different facts.
+
+    The tiny model's reading practice uses it, so the name tokens it learns to copy are the ones the
+    real corpus uses, while no fact it reads there is true of the real world."""
+
+    def __init__(self, pools: dict[str, list[str]], rng: random.Random):
+        self.pools = {kind: rng.sample(names, len(names)) for kind, names in pools.items()}
+
+    def new(self, lo: int = 2, hi: int = 3, kind: str = "") -> str:
+        if not self.pools.get(kind):
+            raise ValueError(f"no {kind!r} names left to recast")
+        return self.pools[kind].pop()
 
 
 @dataclass
@@ -115,19 +131,24 @@ class KnowledgeBase:
 
 
 def generate_kb(
-    rng: random.Random, n_countries: int, n_cities: int, n_people: int, n_companies: int
+    rng: random.Random,
+    n_countries: int,
+    n_cities: int,
+    n_people: int,
+    n_companies: int,
+    names: NameBank | RecastNames | None = None,
 ) -> KnowledgeBase:
-    names = NameBank(rng)
-    countries = [Entity("country", names.new(2, 3)) for _ in range(n_countries)]
+    names = names or NameBank(rng)
+    countries = [Entity("country", names.new(2, 3, "country")) for _ in range(n_countries)]
     cities = []
     for i in range(n_cities):
         country = countries[i % n_countries]  # every country gets at least one city
         city = Entity(
             "city",
-            names.new(2, 3),
+            names.new(2, 3, "city"),
             {
                 "country": country.name,
-                "river": f"{names.new(2, 2)} {RIVERS_SUFFIX}",
+                "river": f"{names.new(2, 2, 'river')} {RIVERS_SUFFIX}",
                 "founded": str(rng.randint(900, 1750)),
             },
         )
@@ -136,7 +157,7 @@ def generate_kb(
         country.attrs["capital"] = cities[i].name
     people = []
     for _ in range(n_people):
-        first, last = names.new(2, 2), names.new(2, 3)
+        first, last = names.new(2, 2, "first"), names.new(2, 3, "last")
         people.append(
             Entity(
                 "person",
@@ -154,7 +175,7 @@ def generate_kb(
         companies.append(
             Entity(
                 "company",
-                f"{names.new(2, 3)} {rng.choice(['Works', 'Company', 'Guild', 'Foundry', 'House'])}",
+                f"{names.new(2, 3, 'company')} {rng.choice(['Works', 'Company', 'Guild', 'Foundry', 'House'])}",
                 {
                     "founder": founder.name,
                     "headquarters": rng.choice(cities).name,

@@ -2,11 +2,15 @@
 
 Three kinds of example, chosen so the four experiment groups mean something at toy scale:
 
-* **passages** — plain text of the *famous* entities and the Wikipedia distractors (fluency);
+* **passages** — plain text of the *famous* entities and some Wikipedia passages (fluency);
 * **closed-book QA** — the world's questions about famous entities, answered as
   ``<answer> X </answer>`` (the facts it knows by heart, in the answer format);
-* **reading QA** — a question with passages in the prompt (the ``rag`` template), about *practice*
-  entities that exist nowhere in the corpus: the model learns to read and copy, not the facts.
+* **reading QA** — a question with passages in the prompt (the ``rag`` template), over
+  *counterfactual* knowledge bases: the world's own names with freshly drawn facts, a new draw
+  every few hundred questions. No fact repeats often enough to be memorised and none is true of the
+  real world, so the only way to answer is to find the passage about the subject and copy from it —
+  the skill a search agent needs. Distractors are chosen as a retriever would rank them: passages
+  that mention the subject first.
 
 It never sees ``<search>`` or ``<information>``: searching is what SFT and RL have to teach.
 """
@@ -15,30 +19,119 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from search_r1.agent.prompt import render_prompt
 from search_r1.agent.protocol import ANSWER_CLOSE, ANSWER_OPEN, format_docs
 from search_r1.data.corpus import Doc, iter_corpus, make_contents
 from search_r1.world.build import World
-from search_r1.world.kb import generate_kb
-from search_r1.world.questions import generate_questions
+from search_r1.world.kb import RIVERS_SUFFIX, RecastNames, generate_kb
+from search_r1.world.questions import WorldQuestion, generate_questions
 
 
 @dataclass
 class Example:
     prompt: list[dict[str, str]] | None  # chat messages; None for plain text
     target: str  # assistant reply (chat) or the whole text (plain)
-    kind: str  # passage | closed_book | reading
+    kind: str  # passage | closed_book | reading | reading_drill | copy
+    loss_on_prompt: bool = False  # train on the prompt too (reading: names recur across passages)
 
 
 def answer_text(answer: str) -> str:
     return f"{ANSWER_OPEN} {answer} {ANSWER_CLOSE}"
 
 
+def shown_docs(
+    support: Sequence[Doc], names: Sequence[str], pool: Sequence[Doc], n_docs: int, rng: random.Random
+) -> list[Doc]:
+    """The gold passages plus distractors up to ``n_docs``, shuffled: passages that mention one of
+    ``names`` first (what a lexical retriever returns beside the gold one), then random ones."""
+    gold = {d.id for d in support}
+    mentions = [d for d in pool if d.id not in gold and any(n in d.contents for n in names)]
+    others = [d for d in pool if d.id not in gold and d not in mentions]
+    n_extra = max(0, n_docs - len(support))
+    extra = rng.sample(mentions, min(n_extra, len(mentions)))
+    extra += rng.sample(others, min(n_extra - len(extra), len(others)))
+    shown = list(support) + extra
+    rng.shuffle(shown)
+    return shown
+
+
+def reading_example(q: WorldQuestion, docs: dict[str, Doc], n_docs: int, rng: random.Random) -> Example:
+    support = [docs[d] for d in q.support]
+    shown = shown_docs(support, q.entities, list(docs.values()), n_docs, rng)
+    prompt = render_prompt(q.question, "rag", information=format_docs(shown))
+    return Example(prompt, answer_text(q.answer), "reading", loss_on_prompt=True)
+
+
+def copy_drill(names: Sequence[str], rng: random.Random, length: int = 8) -> Example:
+    """A list of names, then the same list again: the second half is pure copying, the cheapest
+    signal for the attention pattern (find the earlier occurrence, emit what followed) reading needs."""
+    listed = ", ".join(rng.sample(list(names), length))
+    return Example(None, f"Names: {listed}.\nAgain: {listed}.", "copy")
+
+
+def name_pools(kb: dict) -> dict[str, list[str]]:
+    """The world's names by kind, famous entities left out so their memorised facts stay unambiguous."""
+    famous = set(kb["famous"])
+    pools: dict[str, set[str]] = {k: set() for k in ("country", "city", "river", "first", "last", "company")}
+    for e in kb["entities"]:
+        if e["kind"] == "city":
+            pools["river"].add(e["attrs"]["river"].removesuffix(f" {RIVERS_SUFFIX}"))
+        if e["name"] in famous:
+            continue
+        if e["kind"] == "person":
+            first, last = e["name"].split(" ", 1)
+            pools["first"].add(first)
+            pools["last"].add(last)
+        elif e["kind"] == "company":
+            pools["company"].add(e["name"].rsplit(" ", 1)[0])
+        else:
+            pools[e["kind"]].add(e["name"])
+    return {k: sorted(v) for k, v in pools.items()}
+
+
+def counterfactual_kbs(kb: dict, rng: random.Random) -> Iterator[tuple[dict[str, Doc], list[WorldQuestion]]]:
+    """Endless counterfactual knowledge bases: the passages of each and its questions, shuffled."""
+    pools = name_pools(kb)
+    sizes = (
+        len(pools["country"]),
+        len(pools["city"]),
+        min(len(pools["first"]), len(pools["last"])),
+        len(pools["company"]),
+    )
+    while True:
+        practice = generate_kb(rng, *sizes, names=RecastNames(pools, rng))
+        docs = {e.doc_id: Doc(e.doc_id, make_contents(e.name, e.passage)) for e in practice.entities}
+        questions = generate_questions(practice)
+        rng.shuffle(questions)
+        yield docs, questions
+
+
+def reading_drill(
+    docs: dict[str, Doc], questions: list[WorldQuestion], n_docs: int, rng: random.Random
+) -> Example:
+    """Passages followed by every single-hop question they answer, each with its answer: ten times the
+    answer tokens of a chat reading example for the same context, so the skill is learnt in budget."""
+    shown = rng.sample(list(docs.values()), n_docs)
+    ids = {d.id for d in shown}
+    asked = [q for q in questions if q.hops == 1 and q.support[0] in ids]
+    qa = "\n".join(f"Question: {q.question} Answer: {q.answer}" for q in asked)
+    return Example(None, f"{format_docs(shown)}\n{qa}", "reading_drill")
+
+
 def build_examples(
-    world: World, seed: int, n_practice_people: int = 150, distractors: int = 2
+    world: World,
+    seed: int,
+    reading_examples: int = 4000,
+    reading_drills: int = 2000,
+    max_docs: int = 3,
+    copy_drills: int = 1000,
 ) -> list[Example]:
+    """One data epoch: every passage, every known fact once, ``reading_examples`` fresh reading
+    questions with 1 to ``max_docs`` passages each (mostly the full ``max_docs``, as retrieval gives),
+    ``reading_drills`` multi-question reading texts and ``copy_drills`` name-list repetitions."""
     rng = random.Random(seed)
     kb = json.loads(world.kb.read_text(encoding="utf-8"))
     famous = set(kb["famous"])
@@ -56,13 +149,18 @@ def build_examples(
                 Example(render_prompt(q["question"], template), answer_text(q["answer"]), "closed_book")
             )
 
-    practice = generate_kb(random.Random(seed + 7919), 8, 30, n_practice_people, 30)
-    docs = {e.doc_id: Doc(e.doc_id, make_contents(e.name, e.passage)) for e in practice.entities}
-    pool = list(docs.values())
-    for q in generate_questions(practice):
-        shown = [docs[d] for d in q.support]
-        shown += rng.sample([d for d in pool if d.id not in q.support], distractors)
-        rng.shuffle(shown)
-        prompt = render_prompt(q.question, "rag", information=format_docs(shown))
-        examples.append(Example(prompt, answer_text(q.answer), "reading"))
+    doc_counts = list(range(1, max_docs + 1)) + [max_docs] * max_docs
+    per_kb = 200  # reading questions drawn from one counterfactual world before the next
+    n_kbs = max(1, -(-reading_examples // per_kb))
+    kbs = counterfactual_kbs(kb, random.Random(seed + 7919))
+    for i in range(n_kbs):
+        docs, practice_qs = next(kbs)
+        take = min(per_kb, reading_examples - i * per_kb)
+        examples += [reading_example(q, docs, rng.choice(doc_counts), rng) for q in practice_qs[:take]]
+        n_drills = reading_drills // n_kbs + (i < reading_drills % n_kbs)
+        examples += [
+            reading_drill(docs, practice_qs, rng.randint(1, max_docs - 1 or 1), rng) for _ in range(n_drills)
+        ]
+    names = [n for pool in name_pools(kb).values() for n in pool]
+    examples += [copy_drill(names, rng) for _ in range(copy_drills)]
     return examples

@@ -15,7 +15,7 @@ import json
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -27,6 +27,7 @@ from search_r1.data.corpus import iter_corpus
 from search_r1.paths import CONFIG_DIR, MODELS_DIR, WORLD_DIR
 from search_r1.world.build import World
 from search_r1.world.pretrain_data import Example, build_examples
+from search_r1.world.probe import ProbeConfig, probe
 from search_r1.world.tokenizer import train_tokenizer
 
 IGNORE = -100
@@ -44,14 +45,32 @@ class TinyModelConfig:
     num_kv_heads: int = field(default=2, metadata={"help": "key/value heads (GQA as in Qwen2)"})
     intermediate_size: int = field(default=512, metadata={"help": "MLP width"})
     max_position: int = field(default=2048, metadata={"help": "context length"})
-    steps: int = field(default=500, metadata={"help": "optimizer steps"})
+    steps: int = field(default=1600, metadata={"help": "optimizer steps, copy warm-up included"})
     batch_size: int = field(default=16, metadata={"help": "sequences per step"})
     lr: float = field(default=3e-3, metadata={"help": "peak AdamW learning rate (cosine decay to 10%)"})
     warmup: int = field(default=30, metadata={"help": "linear warm-up steps"})
     closed_book_repeats: int = field(default=4, metadata={"help": "copies of each known fact per data epoch"})
     max_wiki_passages: int = field(default=100, metadata={"help": "Wikipedia passages in the LM mix"})
-    reading_distractors: int = field(
-        default=1, metadata={"help": "distractor passages beside the gold ones in each reading example"}
+    reading_examples: int = field(
+        default=4000, metadata={"help": "counterfactual reading questions per data epoch (never repeated)"}
+    )
+    reading_drills: int = field(
+        default=0,
+        metadata={
+            "help": "passages followed by all the questions they answer, per data epoch (experimental: "
+            "2,000 at lr 4e-3 cut closed-book EM to 0.2 without better reading; see docs/benchmarks.md)"
+        },
+    )
+    reading_docs: int = field(
+        default=3, metadata={"help": "most passages in a reading prompt (the agent's topk)"}
+    )
+    copy_drills: int = field(default=1000, metadata={"help": "name-list repetitions per data epoch"})
+    copy_warmup_steps: int = field(
+        default=400,
+        metadata={
+            "help": "first steps on copy drills alone: copying attention forms there in ~300 steps, "
+            "but not within 1,600 steps of the full mix (measured)"
+        },
     )
     tokenizer_wiki_passages: int = field(
         default=300,
@@ -76,7 +95,8 @@ def is_cached(cfg: TinyModelConfig) -> bool:
 
 
 def encode(ex: Example, tok: PreTrainedTokenizerFast) -> tuple[list[int], list[int]]:
-    """Token ids and labels; chat examples train only the assistant reply, as generation sees it."""
+    """Token ids and labels; chat examples train only the assistant reply, as generation sees it,
+    unless ``loss_on_prompt``."""
     if ex.prompt is None:
         ids = tok(ex.target, add_special_tokens=False)["input_ids"] + [tok.pad_token_id]
         return ids, list(ids)
@@ -84,7 +104,8 @@ def encode(ex: Example, tok: PreTrainedTokenizerFast) -> tuple[list[int], list[i
         ex.prompt, add_generation_prompt=True, tokenize=True, return_dict=False
     )
     reply = tok(ex.target, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-    return list(prompt_ids) + reply, [IGNORE] * len(prompt_ids) + reply
+    ids = list(prompt_ids) + reply
+    return ids, list(ids) if ex.loss_on_prompt else [IGNORE] * len(prompt_ids) + reply
 
 
 def _batches(data: list[tuple[list[int], list[int]]], batch_size: int, rng: random.Random):
@@ -136,7 +157,9 @@ def build_tiny_model(cfg: TinyModelConfig) -> Path:
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
 
-    examples = build_examples(world, cfg.seed, distractors=cfg.reading_distractors)
+    examples = build_examples(
+        world, cfg.seed, cfg.reading_examples, cfg.reading_drills, cfg.reading_docs, cfg.copy_drills
+    )
     passages = [e for e in examples if e.kind == "passage"]
     wiki_cut = [
         e for e in passages if not e.target.startswith(tuple(json.loads(world.kb.read_text())["famous"]))
@@ -144,7 +167,10 @@ def build_tiny_model(cfg: TinyModelConfig) -> Path:
     dropped = set(map(id, wiki_cut[cfg.max_wiki_passages :]))
     mix = [e for e in examples if id(e) not in dropped]
     mix += [e for e in examples if e.kind == "closed_book"] * (cfg.closed_book_repeats - 1)
-    counts = {k: sum(e.kind == k for e in mix) for k in ("passage", "closed_book", "reading")}
+    counts = {
+        k: sum(e.kind == k for e in mix)
+        for k in ("passage", "closed_book", "reading", "reading_drill", "copy")
+    }
     print(f"[tiny-model] data epoch: {counts}")
 
     tok = train_tokenizer(tokenizer_texts(examples, world, cfg.tokenizer_wiki_passages), cfg.vocab_size)
@@ -175,12 +201,16 @@ def build_tiny_model(cfg: TinyModelConfig) -> Path:
 
     model.train()
     losses = []
-    batches = _batches(data, cfg.batch_size, rng)
+    drills = [d for d, e in zip(data, mix, strict=True) if e.kind == "copy"]
+    drill_batches, batches = _batches(drills, cfg.batch_size, rng), _batches(data, cfg.batch_size, rng)
     bar = tqdm(range(cfg.steps), desc=f"[tiny-model] pretrain {n_params / 1e6:.1f}M params", unit="step")
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
-        batch = _collate([data[i] for i in next(batches)], tok.pad_token_id)
+        if step < cfg.copy_warmup_steps:
+            batch = _collate([drills[i] for i in next(drill_batches)], tok.pad_token_id)
+        else:
+            batch = _collate([data[i] for i in next(batches)], tok.pad_token_id)
         loss = model(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -196,6 +226,7 @@ def build_tiny_model(cfg: TinyModelConfig) -> Path:
     )
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
+    skills = probe(ProbeConfig(model=str(out), world_dir=str(world.root), splits=["train", "dev"]))
     info = {
         "key": cache_key(cfg, world),
         "config": to_dict(cfg),
@@ -204,12 +235,14 @@ def build_tiny_model(cfg: TinyModelConfig) -> Path:
         "seconds": round(time.time() - start, 1),
         "loss_first_20": sum(losses[:20]) / 20,
         "loss_last_20": sum(losses[-20:]) / 20,
+        "probe": asdict(skills),
         "losses": losses,
     }
     (out / "build_info.json").write_text(json.dumps(info, indent=1))
     print(
         f"[tiny-model] {n_params / 1e6:.2f}M params, loss {info['loss_first_20']:.2f} -> {info['loss_last_20']:.2f}, "
-        f"{info['seconds']:.0f}s -> {out}"
+        f"{info['seconds']:.0f}s -> {out}\n[tiny-model] train+dev EM: closed-book known {skills.closed_book_known:.3f}, "
+        f"unknown {skills.closed_book_unknown:.3f}; reading {skills.reading:.3f} (python -m search_r1.world.probe)"
     )
     return out
 

@@ -1,0 +1,118 @@
+"""What a base model can do before SFT: answer from memory, and read an answer out of passages.
+
+    python -m search_r1.world.probe model=outputs/models/tiny-base
+
+* **closed book** — the world's questions with the experiment's prompt and no passages, split by
+  whether the subject is famous (memorised) or not: the gap is what makes searching worth learning;
+* **reading** — single-hop questions about entities the model does *not* know, with the gold
+  passage and retriever-like distractors in the prompt (``rag`` template): the copy skill that
+  SFT builds on. Famous subjects are left out so memory cannot stand in for reading.
+
+Both are greedy EM (normalised exact match, as the reward), scored on the final ``<answer>``.
+The tiny-model build records them in ``build_info.json``; ``tests/test_tiny_model.py`` checks them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from search_r1.agent.engines.base import SamplingParams
+from search_r1.agent.engines.hf import HFEngine
+from search_r1.agent.prompt import render_prompt
+from search_r1.agent.protocol import ANSWER_CLOSE, SEARCH_CLOSE, final_answer, format_docs
+from search_r1.config import parse_config
+from search_r1.data.corpus import iter_corpus
+from search_r1.paths import MODELS_DIR, WORLD_DIR
+from search_r1.rewards.metrics import exact_match
+from search_r1.world.build import World
+from search_r1.world.pretrain_data import shown_docs
+
+
+@dataclass
+class ProbeConfig:
+    model: str = field(default=str(MODELS_DIR / "tiny-base"), metadata={"help": "HF model folder"})
+    world_dir: str = field(default=str(WORLD_DIR), metadata={"help": "a built world"})
+    splits: list[str] = field(default_factory=lambda: ["dev"], metadata={"help": "question splits to probe"})
+    n_docs: int = field(default=3, metadata={"help": "passages per reading question (gold + distractors)"})
+    seed: int = field(default=0, metadata={"help": "distractor choice and order"})
+
+
+@dataclass
+class ProbeResult:
+    closed_book_known: float  # EM, famous subjects, no passages
+    closed_book_unknown: float  # EM, other subjects, no passages
+    answer_format: float  # share of closed-book replies that end in <answer> ... </answer>
+    searched: int  # closed-book replies that wrote a search tag (the base model never should)
+    reading: float  # EM, single-hop unknown subjects, passages in the prompt
+    counts: dict[str, int]
+
+
+def _greedy_replies(model: Path, prompts: list[list[dict[str, str]]]) -> list[str]:
+    engine = HFEngine.from_config(model, device="cpu", dtype="float32", max_batch_size=64)
+    tok = engine.tokenizer
+    sampling = SamplingParams(max_new_tokens=32, temperature=0.0, stop=[ANSWER_CLOSE, SEARCH_CLOSE])
+
+    async def run() -> list[str]:
+        ids = [
+            tok.apply_chat_template(p, add_generation_prompt=True, tokenize=True, return_dict=False)
+            for p in prompts
+        ]
+        outs = await asyncio.gather(*(engine.generate(list(i), sampling) for i in ids))
+        return [tok.decode(o.token_ids, skip_special_tokens=True) for o in outs]
+
+    return asyncio.run(run())
+
+
+def _em(pairs: list[tuple[str, str]]) -> float:
+    """Mean EM of (reply, gold answer) pairs; NaN for none."""
+    return sum(exact_match(final_answer(r), a) for r, a in pairs) / len(pairs) if pairs else float("nan")
+
+
+def probe(cfg: ProbeConfig) -> ProbeResult:
+    world = World(Path(cfg.world_dir))
+    template = json.loads(world.manifest.read_text())["config"]["prompt_template"]
+    questions = [json.loads(line) for line in world.questions.open(encoding="utf-8")]
+    questions = [q for q in questions if q["split"] in cfg.splits]
+    if not questions:
+        raise ValueError(f"no questions in splits {cfg.splits} of {world.root}")
+    docs = {d.id: d for d in iter_corpus(world.corpus)}
+    kb_docs = [d for d in docs.values() if d.id.startswith("kb-")]
+    rng = random.Random(cfg.seed)
+
+    readable = [q for q in questions if q["hops"] == 1 and not q["known"]]
+    prompts = [render_prompt(q["question"], template) for q in questions]
+    for q in readable:
+        shown = shown_docs([docs[d] for d in q["support"]], q["entities"], kb_docs, cfg.n_docs, rng)
+        prompts.append(render_prompt(q["question"], "rag", information=format_docs(shown)))
+    replies = _greedy_replies(Path(cfg.model), prompts)
+    closed, reading = replies[: len(questions)], replies[len(questions) :]
+
+    known = [(r, q["answer"]) for r, q in zip(closed, questions, strict=True) if q["known"]]
+    unknown = [(r, q["answer"]) for r, q in zip(closed, questions, strict=True) if not q["known"]]
+    return ProbeResult(
+        closed_book_known=_em(known),
+        closed_book_unknown=_em(unknown),
+        answer_format=sum(final_answer(r) is not None for r in closed) / len(closed),
+        searched=sum("<search>" in r or "<information>" in r for r in closed),
+        reading=_em([(r, q["answer"]) for r, q in zip(reading, readable, strict=True)]),
+        counts={"known": len(known), "unknown": len(unknown), "reading": len(readable)},
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg = parse_config(ProbeConfig, __doc__.splitlines()[0], None, argv)
+    r = probe(cfg)
+    print(
+        f"[probe] {cfg.model} on {'+'.join(cfg.splits)}: closed-book EM known {r.closed_book_known:.3f} "
+        f"(n={r.counts['known']}), unknown {r.closed_book_unknown:.3f} (n={r.counts['unknown']}); "
+        f"reading EM {r.reading:.3f} (n={r.counts['reading']}, {cfg.n_docs} passages); "
+        f"answer format {r.answer_format:.3f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
