@@ -1,7 +1,9 @@
 """What the tiny base model reads before it ever sees the search protocol.
 
-Three kinds of example, chosen so the four experiment groups mean something at toy scale:
+Kinds of example, chosen so the four experiment groups mean something at toy scale:
 
+* **copy drills** — a list of names, then the same list again; the first steps of training use only
+  these, because copying does not form in the full mix (``docs/benchmarks.md``);
 * **passages** — plain text of the *famous* entities and some Wikipedia passages (fluency);
 * **closed-book QA** — the world's questions about famous entities, answered as
   ``<answer> X </answer>`` (the facts it knows by heart, in the answer format);
@@ -10,7 +12,9 @@ Three kinds of example, chosen so the four experiment groups mean something at t
   every few hundred questions. No fact repeats often enough to be memorised and none is true of the
   real world, so the only way to answer is to find the passage about the subject and copy from it —
   the skill a search agent needs. Distractors are chosen as a retriever would rank them: passages
-  that mention the subject first.
+  that mention the subject first;
+* **reading drills** (off by default, experimental) — passages followed by every question they
+  answer, in plain text.
 
 It never sees ``<search>`` or ``<information>``: searching is what SFT and RL have to teach.
 """
@@ -67,7 +71,7 @@ def reading_example(q: WorldQuestion, docs: dict[str, Doc], n_docs: int, rng: ra
 
 def copy_drill(names: Sequence[str], rng: random.Random, length: int = 8) -> Example:
     """A list of names, then the same list again: the second half is pure copying, the cheapest
-    signal for the attention pattern (find the earlier occurrence, emit what followed) reading needs."""
+    signal for the attention pattern (find the earlier occurrence, emit what followed) reading builds on."""
     listed = ", ".join(rng.sample(list(names), length))
     return Example(None, f"Names: {listed}.\nAgain: {listed}.", "copy")
 
@@ -112,8 +116,8 @@ def counterfactual_kbs(kb: dict, rng: random.Random) -> Iterator[tuple[dict[str,
 def reading_drill(
     docs: dict[str, Doc], questions: list[WorldQuestion], n_docs: int, rng: random.Random
 ) -> Example:
-    """Passages followed by every single-hop question they answer, each with its answer: ten times the
-    answer tokens of a chat reading example for the same context, so the skill is learnt in budget."""
+    """Passages followed by every single-hop question they answer, each with its answer: several
+    answers per context where a chat reading example has one."""
     shown = rng.sample(list(docs.values()), n_docs)
     ids = {d.id for d in shown}
     asked = [q for q in questions if q.hops == 1 and q.support[0] in ids]
@@ -125,7 +129,7 @@ def build_examples(
     world: World,
     seed: int,
     reading_examples: int = 4000,
-    reading_drills: int = 2000,
+    reading_drills: int = 0,
     max_docs: int = 3,
     copy_drills: int = 1000,
 ) -> list[Example]:

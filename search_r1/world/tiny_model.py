@@ -3,8 +3,8 @@
     python -m search_r1.world.tiny_model            # outputs/models/tiny-base (cached)
 
 It writes fluent world text, answers in ``<answer>`` format, knows the famous entities' facts by
-heart and can read passages in its prompt, but has never seen the search protocol (see
-``pretrain_data``). The result is cached: a rebuild happens only when the world or this config
+heart and is trained to read passages in its prompt (not yet learnt: ``python -m
+search_r1.world.probe``), but has never seen the search protocol (see ``pretrain_data``). The result is cached: a rebuild happens only when the world or this config
 changes (``build_info.json`` holds the key, the loss curve and the time taken).
 """
 
