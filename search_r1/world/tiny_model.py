@@ -4,8 +4,9 @@
 
 It writes fluent world text, answers in ``<answer>`` format, knows the famous entities' facts by
 heart and is trained to read passages in its prompt (not yet learnt: ``python -m
-search_r1.world.probe``), but has never seen the search protocol (see ``pretrain_data``). The result is cached: a rebuild happens only when the world or this config
-changes (``build_info.json`` holds the key, the loss curve and the time taken).
+search_r1.world.probe``), but has never seen the search protocol (see ``pretrain_data``). The
+result is cached: a rebuild happens only when the world or this config changes
+(``build_info.json`` holds the key, the loss curve, the time taken and the probe's numbers).
 """
 
 from __future__ import annotations
