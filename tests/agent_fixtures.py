@@ -95,6 +95,26 @@ def episode_ids(tok: PreTrainedTokenizerFast, question: str, turns: list[str]) -
     return prompt_ids(tok, question), tok.encode(text, add_special_tokens=False) + [tok.eos_token_id]
 
 
+def tiny_qwen2(
+    tok: PreTrainedTokenizerFast, hidden: int = 64, layers: int = 2, heads: int = 4, max_position: int = 1024
+) -> Qwen2ForCausalLM:
+    """A randomly initialised Qwen2 (the architecture of every preset) small enough for a test."""
+    return Qwen2ForCausalLM(
+        Qwen2Config(
+            vocab_size=len(tok),
+            hidden_size=hidden,
+            intermediate_size=2 * hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            num_key_value_heads=heads // 2,
+            max_position_embeddings=max_position,
+            tie_word_embeddings=True,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )
+    )
+
+
 def toy_model(
     tok: PreTrainedTokenizerFast,
     episodes: list[tuple[str, list[str]]] = EPISODES,
@@ -103,19 +123,7 @@ def toy_model(
 ) -> PreTrainedModel:
     """Adam on the scripted episodes until every response token is the argmax (greedy replays them)."""
     torch.manual_seed(seed)
-    config = Qwen2Config(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    model = Qwen2ForCausalLM(config)
+    model = tiny_qwen2(tok, max_position=512)
     pairs = [episode_ids(tok, q, turns) for q, turns in episodes]
     width = max(len(p) + len(r) for p, r in pairs)
     pad = [tok.pad_token_id]

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from agent_fixtures import TOY_CFG, MemoryRetriever, prompt_ids, toy_model, toy_tokenizer  # noqa: E402
+from agent_fixtures import TOY_CFG, MemoryRetriever, prompt_ids, tiny_qwen2, toy_model, toy_tokenizer  # noqa: E402
 
 from search_r1.agent.engines.base import GenerationResult, SamplingParams  # noqa: E402
 from search_r1.agent.engines.hf import HFEngine  # noqa: E402
@@ -84,20 +84,8 @@ def test_token_stream_sampled_random_model(toy) -> None:
     """An untrained model biased towards the tags writes tag soup: stops, invalid turns, lengths."""
     _, tok = toy
     torch.manual_seed(1)
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    cfg = Qwen2Config(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=1024,
-        tie_word_embeddings=False,
-    )
-    model = Qwen2ForCausalLM(cfg)
-    head = torch.nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=True)
+    model = tiny_qwen2(tok, hidden=32, layers=1, heads=2)
+    head = torch.nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=True)
     with torch.no_grad():  # a bias towards the tags makes stops, invalid turns and observations common
         head.weight.copy_(model.lm_head.weight)
         head.bias.zero_()
@@ -375,18 +363,8 @@ def test_token_stream_on_the_tiny_base_model(tiny_model) -> None:
 def test_seeded_sampling_differs_across_batches(toy) -> None:
     """GRPO needs n different samples of one prompt even when they land in different batches."""
     _, tok = toy
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
     torch.manual_seed(0)
-    cfg = Qwen2Config(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-    )
-    engine = HFEngine(Qwen2ForCausalLM(cfg), tok)
+    engine = HFEngine(tiny_qwen2(tok, hidden=32, layers=1, heads=2), tok)
     s = SamplingParams(temperature=1.0, seed=7, max_new_tokens=12)
     first = asyncio.run(engine.generate(prompt_ids(tok), s)).token_ids
     second = asyncio.run(engine.generate(prompt_ids(tok), s)).token_ids  # a separate batch

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from agent_fixtures import tiny_qwen2
 from sft_helpers import build_tokenizer
 from test_sft_export import oracle_trajectories
-from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from search_r1.config import load_config
 from search_r1.paths import CONFIG_DIR
@@ -52,19 +53,7 @@ def test_lora_sft_with_llamafactory_then_merge_loads(world, tmp_path):
     tok_dir = build_tokenizer(world, tmp_path / "base")
     tok = AutoTokenizer.from_pretrained(tok_dir)
     torch.manual_seed(0)
-    config = Qwen2Config(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        tie_word_embeddings=True,
-    )
-    Qwen2ForCausalLM(config).save_pretrained(tok_dir)
+    tiny_qwen2(tok).save_pretrained(tok_dir)
 
     cfg = load_config(
         SFTConfig,

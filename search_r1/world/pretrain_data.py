@@ -13,8 +13,11 @@ Kinds of example, chosen so the four experiment groups mean something at toy sca
   real world, so the only way to answer is to find the passage about the subject and copy from it —
   the skill a search agent needs. Distractors are chosen as a retriever would rank them: passages
   that mention the subject first;
-* **reading drills** (off by default, experimental) — passages followed by every question they
-  answer, in plain text.
+* **reading drills** — passages followed by every question they answer, in plain text, with the
+  loss on the answers only: ten-odd supervised copies per sequence where a chat reading example
+  has one. This density is what makes reading learnable in a CPU budget (``docs/benchmarks.md``:
+  the same drills with the loss on every token stall at 0.15 answer accuracy, answer-only loss
+  climbs past 0.25 by step 1,200).
 
 It never sees ``<search>`` or ``<information>``: searching is what SFT and RL have to teach.
 """
@@ -40,6 +43,7 @@ class Example:
     target: str  # assistant reply (chat) or the whole text (plain)
     kind: str  # passage | closed_book | reading | reading_drill | copy
     loss_on_prompt: bool = False  # train on the prompt too (reading: names recur across passages)
+    spans: tuple[tuple[str, bool], ...] = ()  # plain text as (piece, trained) pieces of ``target``
 
 
 def answer_text(answer: str) -> str:
@@ -116,13 +120,16 @@ def counterfactual_kbs(kb: dict, rng: random.Random) -> Iterator[tuple[dict[str,
 def reading_drill(
     docs: dict[str, Doc], questions: list[WorldQuestion], n_docs: int, rng: random.Random
 ) -> Example:
-    """Passages followed by every single-hop question they answer, each with its answer: several
-    answers per context where a chat reading example has one."""
+    """Passages followed by every single-hop question they answer, shuffled, each with its answer;
+    only the answers are trained (``Example.spans``)."""
     shown = rng.sample(list(docs.values()), n_docs)
     ids = {d.id for d in shown}
     asked = [q for q in questions if q.hops == 1 and q.support[0] in ids]
-    qa = "\n".join(f"Question: {q.question} Answer: {q.answer}" for q in asked)
-    return Example(None, f"{format_docs(shown)}\n{qa}", "reading_drill")
+    rng.shuffle(asked)
+    spans = [(format_docs(shown) + "\n", False)]
+    for q in asked:
+        spans += [(f"Question: {q.question} Answer:", False), (f" {q.answer}\n", True)]
+    return Example(None, "".join(p for p, _ in spans), "reading_drill", spans=tuple(spans))
 
 
 def build_examples(
@@ -163,7 +170,7 @@ def build_examples(
         examples += [reading_example(q, docs, rng.choice(doc_counts), rng) for q in practice_qs[:take]]
         n_drills = reading_drills // n_kbs + (i < reading_drills % n_kbs)
         examples += [
-            reading_drill(docs, practice_qs, rng.randint(1, max_docs - 1 or 1), rng) for _ in range(n_drills)
+            reading_drill(docs, practice_qs, rng.randint(1, max_docs), rng) for _ in range(n_drills)
         ]
     names = [n for pool in name_pools(kb).values() for n in pool]
     examples += [copy_drill(names, rng) for _ in range(copy_drills)]

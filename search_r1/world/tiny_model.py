@@ -58,8 +58,8 @@ class TinyModelConfig:
     reading_drills: int = field(
         default=0,
         metadata={
-            "help": "passages followed by all the questions they answer, per data epoch (experimental: "
-            "2,000 at lr 4e-3 cut closed-book EM to 0.2 without better reading; see docs/benchmarks.md)"
+            "help": "passages followed by all the questions they answer, loss on the answers only, per "
+            "data epoch: the dense signal reading needs (docs/benchmarks.md)"
         },
     )
     reading_docs: int = field(
@@ -97,7 +97,14 @@ def is_cached(cfg: TinyModelConfig) -> bool:
 
 def encode(ex: Example, tok: PreTrainedTokenizerFast) -> tuple[list[int], list[int]]:
     """Token ids and labels; chat examples train only the assistant reply, as generation sees it,
-    unless ``loss_on_prompt``."""
+    unless ``loss_on_prompt``; plain text with ``spans`` trains only the spans marked for it."""
+    if ex.spans:
+        ids, labels = [], []
+        for piece, trained in ex.spans:
+            piece_ids = tok(piece, add_special_tokens=False)["input_ids"]
+            ids += piece_ids
+            labels += piece_ids if trained else [IGNORE] * len(piece_ids)
+        return ids + [tok.pad_token_id], labels + [tok.pad_token_id]
     if ex.prompt is None:
         ids = tok(ex.target, add_special_tokens=False)["input_ids"] + [tok.pad_token_id]
         return ids, list(ids)
