@@ -169,9 +169,7 @@ def build_examples(
         take = min(per_kb, reading_examples - i * per_kb)
         examples += [reading_example(q, docs, rng.choice(doc_counts), rng) for q in practice_qs[:take]]
         n_drills = reading_drills // n_kbs + (i < reading_drills % n_kbs)
-        examples += [
-            reading_drill(docs, practice_qs, rng.randint(1, max_docs), rng) for _ in range(n_drills)
-        ]
+        examples += [reading_drill(docs, practice_qs, rng.randint(1, max_docs), rng) for _ in range(n_drills)]
     names = [n for pool in name_pools(kb).values() for n in pool]
     examples += [copy_drill(names, rng) for _ in range(copy_drills)]
     return examples
