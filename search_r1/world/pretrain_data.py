@@ -17,7 +17,7 @@ Kinds of example, chosen so the four experiment groups mean something at toy sca
   loss on the answers only: ten-odd supervised copies per sequence where a chat reading example
   has one. This density is what makes reading learnable in a CPU budget (``docs/benchmarks.md``:
   the same drills with the loss on every token stall at 0.15 answer accuracy, answer-only loss
-  climbs past 0.25 by step 1,200).
+  reaches 0.58 by step 3,000 when trained alone).
 
 It never sees ``<search>`` or ``<information>``: searching is what SFT and RL have to teach.
 """

@@ -8,8 +8,9 @@ both), but has never seen the search protocol (see ``pretrain_data``). Training 
 phases — copy drills alone, reading drills alone (``drill_steps``), then the whole mix — because
 each skill forms only when it is trained alone first. The committed config still skips the drill
 phase: with it the model reads six times better but loses most of its closed-book facts
-(``docs/benchmarks.md``, try15). The result is cached: a rebuild happens only when the world or this config changes
-(``build_info.json`` holds the key, the loss curve, the time taken and the probe's numbers).
+(``docs/benchmarks.md``, try15). The result is cached: a rebuild happens only when the world or
+this config changes (``build_info.json`` holds the key, the loss curve, the time taken and the
+probe's numbers).
 """
 
 from __future__ import annotations
