@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from sft_helpers import build_tokenizer
 from transformers import AutoTokenizer
 
 from search_r1.world.pretrain_data import build_examples
@@ -9,8 +10,6 @@ from search_r1.world.tiny_model import IGNORE, encode
 
 
 def test_reading_drills_train_only_answers_that_the_passages_contain(world, tmp_path):
-    from sft_helpers import build_tokenizer
-
     tok = AutoTokenizer.from_pretrained(build_tokenizer(world, tmp_path / "tok"))
     examples = build_examples(world, seed=0, reading_examples=200, reading_drills=40, copy_drills=0)
     drills = [e for e in examples if e.kind == "reading_drill"]

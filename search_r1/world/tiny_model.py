@@ -226,7 +226,7 @@ def build_tiny_model(cfg: TinyModelConfig) -> Path:
         (cfg.drill_steps, "reading_drill"),
         (cfg.steps - cfg.copy_warmup_steps - cfg.drill_steps, None),
     ):
-        pool = [d for d, e in zip(data, mix, strict=True) if kind in (None, e.kind)]
+        pool = data if kind is None else [d for d, e in zip(data, mix, strict=True) if e.kind == kind]
         if n_steps > 0 and not pool:
             raise ValueError(f"{n_steps} steps on {kind!r} examples, but the mix has none: check the config")
         end += max(0, n_steps)
