@@ -6,11 +6,10 @@ It writes fluent world text, answers in ``<answer>`` format, knows the famous en
 heart and is trained to read passages in its prompt (``python -m search_r1.world.probe`` measures
 both), but has never seen the search protocol (see ``pretrain_data``). Training runs in up to three
 phases — copy drills alone, reading drills alone (``drill_steps``), then the whole mix — because
-each skill forms only when it is trained alone first. The committed config still skips the drill
-phase; a build with it (``docs/benchmarks.md``, try16) reads 0.39 where this one reads 0.03, but
-takes about four times as long. The result is cached: a rebuild happens only when the world or
-this config changes (``build_info.json`` holds the key, the loss curve, the time taken and the
-probe's numbers).
+each skill forms only when it is trained alone first (``docs/benchmarks.md``, "learning to read").
+The result is cached: a rebuild happens only when the world or this config changes
+(``build_info.json`` holds the key, the loss curve, the time taken and the probe's numbers), and the
+committed config's build ships with the repository (``search_r1.world.setup``).
 """
 
 from __future__ import annotations
