@@ -6,6 +6,12 @@ step — ``<think>…</think>\\n<search> q </search>`` for the next hop's query,
 ``<think>…</think>\\n<answer> a </answer>`` once every hop has been searched. It never writes
 ``<information>``: observations come from the real retriever, exactly as in RL.
 
+After each search the thought restates what that hop asked and reads off the answer, in the form
+the tiny base model's reading drills use (``Question: … Answer: …``, ``search_r1.world.pretrain_data``),
+so distillation builds on a skill the student already has. Measured on the oracle's own test-split
+trajectories, the base model completes the answer from the observation 57.5 % of the time after
+that cue and 0 % after "The results say it is" (``docs/benchmarks.md``, SFT).
+
 Variety, so the student learns the process and not one sentence: the thoughts are drawn from a few
 wordings, and for facts the base model already knows (``known`` questions) the oracle answers
 without searching with probability ``1 - p_search_known``. The randomness is a pure function of
@@ -23,6 +29,7 @@ from pathlib import Path
 
 from search_r1.agent.engines.base import GenerationResult, SamplingParams
 from search_r1.agent.protocol import ANSWER_CLOSE, INFO_CLOSE, SEARCH_CLOSE, TextTokenizer
+from search_r1.world.questions import SINGLE_HOP
 
 # What each relation asks for, to word the thoughts ("the capital", "the founder", ...).
 _ASKS = {
@@ -43,16 +50,10 @@ _SEARCH_FIRST = (
     "Let me look up {q}.",
     "I should search for {ask} of {q}.",
 )
-_SEARCH_NEXT = (
-    "The first step gives {q}. Now I need {ask} of it.",
-    "So it is {q}. Let me look that up.",
-    "Next I search for {q}.",
-)
-_ANSWER_AFTER_SEARCH = (
-    "The results say it is {a}.",
-    "I found the answer.",
-    "According to the passage, it is {a}.",
-)
+# After a search: the hop's question and its answer, then where it leads.
+_READ = "Question: {sub} Answer: {a}."
+_THEN_SEARCH = (" Now I need {ask} of it.", " Let me look that up.", " Next I search for it.")
+_THEN_ANSWER = ("", " That answers the question.", " The passage says so.")
 _ANSWER_KNOWN = (
     "I know this one.",
     "I remember the answer, no search needed.",
@@ -114,15 +115,26 @@ class OracleTeacher:
         plan = _rng(q.question, seed, "plan")
         answer_directly = q.known and plan.random() >= self.p_search_known
         rng = _rng(q.question, seed, searches_done)
-        if not answer_directly and searches_done < len(q.queries):
-            query = q.queries[searches_done]
-            ask = _ASKS.get(q.relations[min(searches_done, len(q.relations) - 1)], "the answer")
-            pool = _SEARCH_FIRST if searches_done == 0 else _SEARCH_NEXT
-            thought = rng.choice(pool).format(q=query, ask=ask)
+        if answer_directly:
+            thought = rng.choice(_ANSWER_KNOWN).format(a=q.answer)
+            return f"<think> {thought} </think>\n<answer> {q.answer} </answer>"
+        if searches_done == 0:
+            query, ask = q.queries[0], self._ask(q, 0)
+            thought = rng.choice(_SEARCH_FIRST).format(q=query, ask=ask)
             return f"<think> {thought} </think>\n<search> {query} </search>"
-        pool = _ANSWER_KNOWN if answer_directly else _ANSWER_AFTER_SEARCH
-        thought = rng.choice(pool).format(a=q.answer)
+        hop = min(searches_done, len(q.queries)) - 1  # the hop the last search answered
+        found = q.queries[hop + 1] if hop + 1 < len(q.queries) else q.answer
+        sub = SINGLE_HOP[q.relations[hop]].format(q.queries[hop])
+        read = _READ.format(sub=sub, a=found)
+        if hop + 1 < len(q.queries):
+            thought = read + rng.choice(_THEN_SEARCH).format(ask=self._ask(q, hop + 1))
+            return f"<think> {thought} </think>\n<search> {found} </search>"
+        thought = read + rng.choice(_THEN_ANSWER)
         return f"<think> {thought} </think>\n<answer> {q.answer} </answer>"
+
+    @staticmethod
+    def _ask(q: OracleQuestion, hop: int) -> str:
+        return _ASKS.get(q.relations[min(hop, len(q.relations) - 1)], "the answer")
 
     async def generate(self, prompt_ids: list[int], sampling: SamplingParams) -> GenerationResult:
         conversation = self.tokenizer.decode(prompt_ids, skip_special_tokens=False)

@@ -10,6 +10,20 @@ from dataclasses import dataclass, field
 
 from search_r1.world.kb import Entity, KnowledgeBase
 
+# How a single-hop question about ``{}`` is worded, by relation. Two-hop questions are worded on
+# their own; the oracle teacher restates each hop with these (``sft/oracle.py``).
+SINGLE_HOP = {
+    "capital": "What is the capital of {}?",
+    "country": "In which country is {}?",
+    "river": "Which river flows through {}?",
+    "founded": "In what year was {} founded?",
+    "birthplace": "Where was {} born?",
+    "born": "In what year was {} born?",
+    "occupation": "What was the occupation of {}?",
+    "founder": "Who founded the {}?",
+    "headquarters": "Where is the {} headquartered?",
+}
+
 
 @dataclass
 class WorldQuestion:
@@ -23,9 +37,12 @@ class WorldQuestion:
     queries: list[str] = field(default_factory=list)  # ideal search queries, one per hop
 
 
-def _q(question: str, answer: str, subject: Entity, relation: str, chain: list[Entity]) -> WorldQuestion:
+def _q(
+    answer: str, subject: Entity, relation: str, chain: list[Entity], question: str | None = None
+) -> WorldQuestion:
+    """A question about ``subject``; single-hop ones are worded by ``SINGLE_HOP[relation]``."""
     return WorldQuestion(
-        question=question,
+        question=question or SINGLE_HOP[relation].format(subject.name),
         answer=answer,
         subject=subject.name,
         hops=len(chain),
@@ -42,57 +59,55 @@ def generate_questions(kb: KnowledgeBase) -> list[WorldQuestion]:
     qs: list[WorldQuestion] = []
     for c in kb.countries:
         capital = names[c.attrs["capital"]]
-        qs.append(_q(f"What is the capital of {c.name}?", capital.name, c, "capital", [c]))
+        qs.append(_q(capital.name, c, "capital", [c]))
         qs.append(
             _q(
-                f"Which river flows through the capital of {c.name}?",
                 capital.attrs["river"],
                 c,
                 "capital.river",
                 [c, capital],
+                f"Which river flows through the capital of {c.name}?",
             )
         )
     for city in kb.cities:
-        qs.append(_q(f"In which country is {city.name}?", city.attrs["country"], city, "country", [city]))
-        qs.append(_q(f"Which river flows through {city.name}?", city.attrs["river"], city, "river", [city]))
-        qs.append(
-            _q(f"In what year was {city.name} founded?", city.attrs["founded"], city, "founded", [city])
-        )
+        qs.append(_q(city.attrs["country"], city, "country", [city]))
+        qs.append(_q(city.attrs["river"], city, "river", [city]))
+        qs.append(_q(city.attrs["founded"], city, "founded", [city]))
     for p in kb.people:
         birthplace = names[p.attrs["birthplace"]]
-        qs.append(_q(f"Where was {p.name} born?", birthplace.name, p, "birthplace", [p]))
-        qs.append(_q(f"In what year was {p.name} born?", p.attrs["born"], p, "born", [p]))
-        qs.append(_q(f"What was the occupation of {p.name}?", p.attrs["occupation"], p, "occupation", [p]))
+        qs.append(_q(birthplace.name, p, "birthplace", [p]))
+        qs.append(_q(p.attrs["born"], p, "born", [p]))
+        qs.append(_q(p.attrs["occupation"], p, "occupation", [p]))
         qs.append(
             _q(
-                f"In which country was {p.name} born?",
                 birthplace.attrs["country"],
                 p,
                 "birthplace.country",
                 [p, birthplace],
+                f"In which country was {p.name} born?",
             )
         )
     for co in kb.companies:
         founder = names[co.attrs["founder"]]
         hq = names[co.attrs["headquarters"]]
-        qs.append(_q(f"Who founded the {co.name}?", founder.name, co, "founder", [co]))
-        qs.append(_q(f"Where is the {co.name} headquartered?", hq.name, co, "headquarters", [co]))
+        qs.append(_q(founder.name, co, "founder", [co]))
+        qs.append(_q(hq.name, co, "headquarters", [co]))
         qs.append(
             _q(
-                f"Where was the founder of the {co.name} born?",
                 founder.attrs["birthplace"],
                 co,
                 "founder.birthplace",
                 [co, founder],
+                f"Where was the founder of the {co.name} born?",
             )
         )
         qs.append(
             _q(
-                f"In which country is the {co.name} headquartered?",
                 hq.attrs["country"],
                 co,
                 "headquarters.country",
                 [co, hq],
+                f"In which country is the {co.name} headquartered?",
             )
         )
     return qs
