@@ -6,11 +6,13 @@ step — ``<think>…</think>\\n<search> q </search>`` for the next hop's query,
 ``<think>…</think>\\n<answer> a </answer>`` once every hop has been searched. It never writes
 ``<information>``: observations come from the real retriever, exactly as in RL.
 
-After each search the thought restates what that hop asked and reads off the answer, in the form
-the tiny base model's reading drills use (``Question: … Answer: …``, ``search_r1.world.pretrain_data``),
-so distillation builds on a skill the student already has. Measured on the oracle's own test-split
-trajectories, the base model completes the answer from the observation 57.5 % of the time after
-that cue and 0 % after "The results say it is" (``docs/benchmarks.md``, SFT).
+Each thought states the hop's question before its search and restates it after, with the answer
+read off the observation, in the form the tiny base model's reading drills use (``Question: …
+Answer: …``, ``search_r1.world.pretrain_data``), so distillation builds on a skill the student
+already has. Measured on the oracle's own test-split trajectories, the base model completes the
+answer from the observation 44-58 % of the time after that cue and 0 % after "The results say it
+is"; stating the question before the search lets the student copy it from close by instead of from
+the prompt (``docs/benchmarks.md``, SFT).
 
 Variety, so the student learns the process and not one sentence: the thoughts are drawn from a few
 wordings, and for facts the base model already knows (``known`` questions) the oracle answers
@@ -44,16 +46,15 @@ _ASKS = {
     "occupation": "the occupation",
 }
 # Short on purpose: the tiny preset allows 64 tokens a turn and fictional names cost many tokens.
-_SEARCH_FIRST = (
-    "I need {ask} of {q}.",
-    "I do not know {ask} of {q}. Let me search.",
-    "Let me look up {q}.",
-    "I should search for {ask} of {q}.",
+# Before a search: the hop's question (so the reading step after it can copy it from close by).
+_ASK = (
+    "Question: {sub} Let me search.",
+    "Question: {sub} I do not know it.",
+    "Question: {sub} I look it up.",
 )
-# After a search: the hop's question and its answer, then where it leads.
+# After a search: the hop's question again and its answer, in the tiny model's reading-drill form.
 _READ = "Question: {sub} Answer: {a}."
-_THEN_SEARCH = (" Now I need {ask} of it.", " Let me look that up.", " Next I search for it.")
-_THEN_ANSWER = ("", " That answers the question.", " The passage says so.")
+_THEN_ANSWER = ("", " That answers it.", " The passage says so.")
 _ANSWER_KNOWN = (
     "I know this one.",
     "I remember the answer, no search needed.",
@@ -118,18 +119,13 @@ class OracleTeacher:
         if answer_directly:
             thought = rng.choice(_ANSWER_KNOWN).format(a=q.answer)
             return f"<think> {thought} </think>\n<answer> {q.answer} </answer>"
-        if searches_done == 0:
-            query, ask = q.queries[0], self._ask(q, 0)
-            thought = rng.choice(_SEARCH_FIRST).format(q=query, ask=ask)
-            return f"<think> {thought} </think>\n<search> {query} </search>"
-        hop = min(searches_done, len(q.queries)) - 1  # the hop the last search answered
-        found = q.queries[hop + 1] if hop + 1 < len(q.queries) else q.answer
-        sub = SINGLE_HOP[q.relations[hop]].format(q.queries[hop])
-        read = _READ.format(sub=sub, a=found)
-        if hop + 1 < len(q.queries):
-            thought = read + rng.choice(_THEN_SEARCH).format(ask=self._ask(q, hop + 1))
-            return f"<think> {thought} </think>\n<search> {found} </search>"
-        thought = read + rng.choice(_THEN_ANSWER)
+        hop = min(searches_done, len(q.queries))  # the hop to search next (== len: all done)
+        subs = [SINGLE_HOP[r].format(e) for r, e in zip(q.relations, q.queries, strict=True)]
+        read = "" if hop == 0 else _READ.format(sub=subs[hop - 1], a=(q.queries + (q.answer,))[hop]) + " "
+        if hop < len(q.queries):
+            thought = read + rng.choice(_ASK).format(sub=subs[hop])
+            return f"<think> {thought} </think>\n<search> {q.queries[hop]} </search>"
+        thought = read.rstrip() + rng.choice(_THEN_ANSWER)
         return f"<think> {thought} </think>\n<answer> {q.answer} </answer>"
 
     @staticmethod

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from sft_helpers import TitleRetriever, build_tokenizer
+from sft_helpers import TitleRetriever
 from transformers import AutoTokenizer
 
 from search_r1.agent.protocol import ProtocolConfig
@@ -37,8 +37,9 @@ asyncio.run(run_generation(world, Path({tok!r}), Path({run_dir!r}), SlowRetrieve
 
 
 @pytest.fixture(scope="module")
-def tok_dir(world, tmp_path_factory) -> Path:
-    return build_tokenizer(world, tmp_path_factory.mktemp("tok"))
+def tok_dir(tiny_model) -> Path:
+    """The tiny preset's own tokenizer: its turn budget (64 tokens) is sized for it."""
+    return tiny_model
 
 
 def make_cfg(world, tok_dir: Path, run_dir: Path) -> SFTConfig:
