@@ -33,18 +33,6 @@ from search_r1.agent.engines.base import GenerationResult, SamplingParams
 from search_r1.agent.protocol import ANSWER_CLOSE, INFO_CLOSE, SEARCH_CLOSE, TextTokenizer
 from search_r1.world.questions import SINGLE_HOP
 
-# What each relation asks for, to word the thoughts ("the capital", "the founder", ...).
-_ASKS = {
-    "capital": "the capital",
-    "river": "the river",
-    "country": "the country",
-    "founded": "the founding year",
-    "founder": "the founder",
-    "headquarters": "the headquarters",
-    "birthplace": "the birthplace",
-    "born": "the birth year",
-    "occupation": "the occupation",
-}
 # Short on purpose: the tiny preset allows 64 tokens a turn and fictional names cost many tokens.
 # Before a search: the hop's question (so the reading step after it can copy it from close by).
 _ASK = (
@@ -127,10 +115,6 @@ class OracleTeacher:
             return f"<think> {thought} </think>\n<search> {q.queries[hop]} </search>"
         thought = read.rstrip() + rng.choice(_THEN_ANSWER)
         return f"<think> {thought} </think>\n<answer> {q.answer} </answer>"
-
-    @staticmethod
-    def _ask(q: OracleQuestion, hop: int) -> str:
-        return _ASKS.get(q.relations[min(hop, len(q.relations) - 1)], "the answer")
 
     async def generate(self, prompt_ids: list[int], sampling: SamplingParams) -> GenerationResult:
         conversation = self.tokenizer.decode(prompt_ids, skip_special_tokens=False)
