@@ -16,7 +16,8 @@ the prompt (``docs/benchmarks.md``, SFT).
 
 Variety, so the student learns the process and not one sentence: the thoughts are drawn from a few
 wordings, and for facts the base model already knows (``known`` questions) the oracle answers
-without searching with probability ``1 - p_search_known``. The randomness is a pure function of
+without searching with probability ``1 - p_search_known``, recalling the answer in the same
+``Question: … Answer: …`` form. The randomness is a pure function of
 the question, the sampling seed and the turn, so a rerun (after a crash) writes the same
 trajectory, and samples with different seeds differ.
 """
@@ -31,6 +32,7 @@ from pathlib import Path
 
 from search_r1.agent.engines.base import GenerationResult, SamplingParams
 from search_r1.agent.protocol import ANSWER_CLOSE, INFO_CLOSE, SEARCH_CLOSE, TextTokenizer
+from search_r1.world.pretrain_data import recall
 from search_r1.world.questions import SINGLE_HOP
 
 # Short on purpose: the tiny preset allows 64 tokens a turn and fictional names cost many tokens.
@@ -40,14 +42,11 @@ _ASK = (
     "Question: {sub} I do not know it.",
     "Question: {sub} I look it up.",
 )
-# After a search: the hop's question again and its answer, in the tiny model's reading-drill form.
-_READ = "Question: {sub} Answer: {a}."
+# After a search: the hop's question again with its answer (``recall``), then one of these.
 _THEN_ANSWER = ("", " That answers it.", " The passage says so.")
-_ANSWER_KNOWN = (
-    "I know this one.",
-    "I remember the answer, no search needed.",
-    "This is well known: {a}.",
-)
+# A known fact, answered from memory: the whole question in the same form (``recall``), which is also
+# how the tiny model's pretraining states its facts (recall after a bare "I know this one." is 0).
+_THEN_KNOWN = ("", " I know this one.", " No search needed.")
 
 
 @dataclass(frozen=True)
@@ -105,11 +104,11 @@ class OracleTeacher:
         answer_directly = q.known and plan.random() >= self.p_search_known
         rng = _rng(q.question, seed, searches_done)
         if answer_directly:
-            thought = rng.choice(_ANSWER_KNOWN).format(a=q.answer)
+            thought = recall(q.question, q.answer) + rng.choice(_THEN_KNOWN)
             return f"<think> {thought} </think>\n<answer> {q.answer} </answer>"
         hop = min(searches_done, len(q.queries))  # the hop to search next (== len: all done)
         subs = [SINGLE_HOP[r].format(e) for r, e in zip(q.relations, q.queries, strict=True)]
-        read = "" if hop == 0 else _READ.format(sub=subs[hop - 1], a=(q.queries + (q.answer,))[hop]) + " "
+        read = "" if hop == 0 else recall(subs[hop - 1], (q.queries + (q.answer,))[hop]) + " "
         if hop < len(q.queries):
             thought = read + rng.choice(_ASK).format(sub=subs[hop])
             return f"<think> {thought} </think>\n<search> {q.queries[hop]} </search>"

@@ -24,3 +24,24 @@ def test_reading_drills_train_only_answers_that_the_passages_contain(world, tmp_
         passages = drill.target.split("\nQuestion: ")[0]
         for answer in answers:
             assert answer.strip() in passages  # reading, not recall: the answer is in the context
+
+
+def test_closed_book_drills_state_known_facts_in_the_thought_form(world, tmp_path):
+    """Recall inside a thought: known facts as ``Question: q Answer: a`` lines, answers trained only."""
+    from sft.oracle import load_oracle_questions
+
+    tok = AutoTokenizer.from_pretrained(build_tokenizer(world, tmp_path / "tok"))
+    examples = build_examples(world, seed=0, reading_examples=0, copy_drills=0, closed_book_drills=30)
+    drills = [e for e in examples if e.kind == "closed_book_drill"]
+    assert len(drills) == 30
+    facts = load_oracle_questions(world.questions)
+    known = {q.question: q.answer for q in facts.values() if q.known}
+    for drill in drills:
+        ids, labels = encode(drill, tok)
+        lines = drill.target.strip().split("\n")
+        assert len(lines) == 8
+        for line in lines:
+            question, answer = line.removeprefix("Question: ").split(" Answer: ")
+            assert known[question] == answer  # a famous entity's true fact (KeyError: not a known one)
+        trained = tok.decode([t for t in labels if t != IGNORE])
+        assert trained == "".join(f" {line.split(' Answer: ')[1]}\n" for line in lines) + tok.pad_token

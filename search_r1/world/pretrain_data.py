@@ -7,6 +7,14 @@ Kinds of example, chosen so the four experiment groups mean something at toy sca
 * **passages** — plain text of the *famous* entities and some Wikipedia passages (fluency);
 * **closed-book QA** — the world's questions about famous entities, answered as
   ``<answer> X </answer>`` (the facts it knows by heart, in the answer format);
+* **thoughts** (``thought_replies``) — the closed-book facts a second time, and every reading
+  answer, as a reply that first states ``<think> Question: q Answer: a. </think>``: the form of the
+  SFT teacher's thoughts (``sft.oracle``). ``<think>`` is a token the model would otherwise first
+  meet in SFT, and an untrained token in the context breaks both recall and reading;
+* **closed-book drills** — the same facts as plain ``Question: q Answer: a`` lines, a few per
+  sequence, loss on the answers: the form a thought takes (``sft.oracle``), so recall works inside
+  ``<think>`` too. Without them the model recalls 0.94 of its facts right after the prompt and none
+  after ``<think> I know this one. </think>`` (``docs/benchmarks.md``, SFT);
 * **reading QA** — a question with passages in the prompt (the ``rag`` template), over
   *counterfactual* knowledge bases: the world's own names with freshly drawn facts, a new draw
   every few hundred questions. No fact repeats often enough to be memorised and none is true of the
@@ -30,7 +38,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from search_r1.agent.prompt import render_prompt
-from search_r1.agent.protocol import ANSWER_CLOSE, ANSWER_OPEN, format_docs
+from search_r1.agent.protocol import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN, format_docs
 from search_r1.data.corpus import Doc, iter_corpus, make_contents
 from search_r1.world.build import World
 from search_r1.world.kb import RIVERS_SUFFIX, RecastNames, generate_kb
@@ -41,13 +49,22 @@ from search_r1.world.questions import WorldQuestion, generate_questions
 class Example:
     prompt: list[dict[str, str]] | None  # chat messages; None for plain text
     target: str  # assistant reply (chat) or the whole text (plain)
-    kind: str  # passage | closed_book | reading | reading_drill | copy
+    kind: str  # passage | closed_book | closed_book_thought | closed_book_drill | reading | reading_drill | copy
     loss_on_prompt: bool = False  # train on the prompt too (reading: names recur across passages)
     spans: tuple[tuple[str, bool], ...] = ()  # plain text as (piece, trained) pieces of ``target``
 
 
 def answer_text(answer: str) -> str:
     return f"{ANSWER_OPEN} {answer} {ANSWER_CLOSE}"
+
+
+def recall(question: str, answer: str) -> str:
+    """A question and its answer in the drill form: what a thought says once the answer is known."""
+    return f"Question: {question} Answer: {answer}."
+
+
+def thought_reply(question: str, answer: str) -> str:
+    return f"{THINK_OPEN} {recall(question, answer)} {THINK_CLOSE}\n{answer_text(answer)}"
 
 
 def shown_docs(
@@ -66,11 +83,14 @@ def shown_docs(
     return shown
 
 
-def reading_example(q: WorldQuestion, docs: dict[str, Doc], n_docs: int, rng: random.Random) -> Example:
+def reading_example(
+    q: WorldQuestion, docs: dict[str, Doc], n_docs: int, rng: random.Random, thought: bool = False
+) -> Example:
     support = [docs[d] for d in q.support]
     shown = shown_docs(support, q.entities, list(docs.values()), n_docs, rng)
     prompt = render_prompt(q.question, "rag", information=format_docs(shown))
-    return Example(prompt, answer_text(q.answer), "reading", loss_on_prompt=True)
+    reply = thought_reply(q.question, q.answer) if thought else answer_text(q.answer)
+    return Example(prompt, reply, "reading", loss_on_prompt=True)
 
 
 def copy_drill(names: Sequence[str], rng: random.Random, length: int = 8) -> Example:
@@ -117,6 +137,18 @@ def counterfactual_kbs(kb: dict, rng: random.Random) -> Iterator[tuple[dict[str,
         yield docs, questions
 
 
+def qa_spans(pairs: Sequence[tuple[str, str]]) -> list[tuple[str, bool]]:
+    """``Question: q Answer: a`` lines with only the answers trained: the drill form."""
+    spans = []
+    for question, answer in pairs:
+        spans += [(f"Question: {question} Answer:", False), (f" {answer}\n", True)]
+    return spans
+
+
+def drill(spans: Sequence[tuple[str, bool]], kind: str) -> Example:
+    return Example(None, "".join(p for p, _ in spans), kind, spans=tuple(spans))
+
+
 def reading_drill(
     docs: dict[str, Doc], questions: list[WorldQuestion], n_docs: int, rng: random.Random
 ) -> Example:
@@ -126,10 +158,8 @@ def reading_drill(
     ids = {d.id for d in shown}
     asked = [q for q in questions if q.hops == 1 and q.support[0] in ids]
     rng.shuffle(asked)
-    spans = [(format_docs(shown) + "\n", False)]
-    for q in asked:
-        spans += [(f"Question: {q.question} Answer:", False), (f" {q.answer}\n", True)]
-    return Example(None, "".join(p for p, _ in spans), "reading_drill", spans=tuple(spans))
+    spans = [(format_docs(shown) + "\n", False)] + qa_spans([(q.question, q.answer) for q in asked])
+    return drill(spans, "reading_drill")
 
 
 def build_examples(
@@ -139,10 +169,15 @@ def build_examples(
     reading_drills: int = 0,
     max_docs: int = 3,
     copy_drills: int = 1000,
+    closed_book_drills: int = 0,
+    facts_per_drill: int = 8,
+    thought_replies: bool = False,
 ) -> list[Example]:
     """One data epoch: every passage, every known fact once, ``reading_examples`` fresh reading
     questions with 1 to ``max_docs`` passages each (mostly the full ``max_docs``, as retrieval gives),
-    ``reading_drills`` multi-question reading texts and ``copy_drills`` name-list repetitions."""
+    ``reading_drills`` multi-question reading texts, ``copy_drills`` name-list repetitions and
+    ``closed_book_drills`` texts of ``facts_per_drill`` known facts each; ``thought_replies`` adds
+    each known fact as a reply with a thought and gives every reading answer one."""
     rng = random.Random(seed)
     kb = json.loads(world.kb.read_text(encoding="utf-8"))
     famous = set(kb["famous"])
@@ -156,9 +191,12 @@ def build_examples(
             examples.append(Example(None, f"{doc.title}\n{doc.text}", "passage"))
     for q in questions:
         if q["known"]:
-            examples.append(
-                Example(render_prompt(q["question"], template), answer_text(q["answer"]), "closed_book")
-            )
+            prompt = render_prompt(q["question"], template)
+            examples.append(Example(prompt, answer_text(q["answer"]), "closed_book"))
+            if thought_replies:
+                examples.append(
+                    Example(prompt, thought_reply(q["question"], q["answer"]), "closed_book_thought")
+                )
 
     doc_counts = list(range(1, max_docs + 1)) + [max_docs] * max_docs
     per_kb = 200  # reading questions drawn from one counterfactual world before the next
@@ -167,9 +205,16 @@ def build_examples(
     for i in range(n_kbs):
         docs, practice_qs = next(kbs)
         take = min(per_kb, reading_examples - i * per_kb)
-        examples += [reading_example(q, docs, rng.choice(doc_counts), rng) for q in practice_qs[:take]]
+        examples += [
+            reading_example(q, docs, rng.choice(doc_counts), rng, thought_replies) for q in practice_qs[:take]
+        ]
         n_drills = reading_drills // n_kbs + (i < reading_drills % n_kbs)
         examples += [reading_drill(docs, practice_qs, rng.randint(1, max_docs), rng) for _ in range(n_drills)]
     names = [n for pool in name_pools(kb).values() for n in pool]
     examples += [copy_drill(names, rng) for _ in range(copy_drills)]
+    known = [(q["question"], q["answer"]) for q in questions if q["known"]]
+    examples += [
+        drill(qa_spans(rng.sample(known, min(facts_per_drill, len(known)))), "closed_book_drill")
+        for _ in range(closed_book_drills)
+    ]
     return examples

@@ -4,6 +4,9 @@
 
 * **closed book** — the world's questions with the experiment's prompt and no passages, split by
   whether the subject is famous (memorised) or not: the gap is what makes searching worth learning;
+* **recall in a thought** — the famous subjects again, the reply started for the model as
+  ``<think> Question: q Answer:``: the form in which the SFT teacher answers from memory
+  (``sft.oracle``), so a fact the model knows is still usable once it thinks before answering;
 * **reading** — single-hop questions about entities the model does *not* know, with the gold
   passage and retriever-like distractors in the prompt (``rag`` template): the copy skill that
   SFT builds on. Famous subjects are left out so memory cannot stand in for reading.
@@ -17,13 +20,15 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from search_r1.agent.engines.base import SamplingParams
 from search_r1.agent.engines.hf import HFEngine
 from search_r1.agent.prompt import render_prompt
-from search_r1.agent.protocol import ANSWER_CLOSE, SEARCH_CLOSE, final_answer, format_docs
+from search_r1.agent.protocol import ANSWER_CLOSE, SEARCH_CLOSE, THINK_OPEN, final_answer, format_docs
 from search_r1.config import parse_config
 from search_r1.data.corpus import iter_corpus
 from search_r1.paths import MODELS_DIR, WORLD_DIR
@@ -45,21 +50,24 @@ class ProbeConfig:
 class ProbeResult:
     closed_book_known: float  # EM, famous subjects, no passages
     closed_book_unknown: float  # EM, other subjects, no passages
+    thought_recall: float  # EM, famous subjects, reply prefilled with "<think> Question: q Answer:"
     answer_format: float  # share of closed-book replies that end in <answer> ... </answer>
     searched: int  # closed-book replies that wrote a search tag (the base model never should)
     reading: float  # EM, single-hop unknown subjects, passages in the prompt
     counts: dict[str, int]
 
 
-def _greedy_replies(model: Path, prompts: list[list[dict[str, str]]]) -> list[str]:
+def _greedy_replies(model: Path, prompts: list[list[dict[str, str]]], starts: list[str]) -> list[str]:
+    """Greedy replies to chat prompts, each continuing its ``starts`` text (the reply's opening)."""
     engine = HFEngine.from_config(model, device="cpu", dtype="float32", max_batch_size=64)
     tok = engine.tokenizer
     sampling = SamplingParams(max_new_tokens=32, temperature=0.0, stop=[ANSWER_CLOSE, SEARCH_CLOSE])
 
     async def run() -> list[str]:
         ids = [
-            tok.apply_chat_template(p, add_generation_prompt=True, tokenize=True, return_dict=False)
-            for p in prompts
+            list(tok.apply_chat_template(p, add_generation_prompt=True, tokenize=True, return_dict=False))
+            + tok(start, add_special_tokens=False)["input_ids"]
+            for p, start in zip(prompts, starts, strict=True)
         ]
         outs = await asyncio.gather(*(engine.generate(list(i), sampling) for i in ids))
         return [tok.decode(o.token_ids, skip_special_tokens=True) for o in outs]
@@ -67,9 +75,16 @@ def _greedy_replies(model: Path, prompts: list[list[dict[str, str]]]) -> list[st
     return asyncio.run(run())
 
 
-def _em(pairs: list[tuple[str, str]]) -> float:
-    """Mean EM of (reply, gold answer) pairs; NaN for none."""
-    return sum(exact_match(final_answer(r), a) for r, a in pairs) / len(pairs) if pairs else float("nan")
+def _recalled(reply: str) -> str:
+    """The answer a prefilled ``… Answer:`` thought goes on to state: up to the line, sentence or
+    thought's end."""
+    return re.split(r"\n|</think>|\.(?:\s|$)", reply, maxsplit=1)[0]
+
+
+def _em(pairs: list[tuple[str, str]], answer_of: Callable[[str], str | None] = final_answer) -> float:
+    """Mean EM of (reply, gold answer) pairs, the answer taken from the reply by ``answer_of``
+    (default: the final ``<answer>``); NaN for none."""
+    return sum(exact_match(answer_of(r), a) for r, a in pairs) / len(pairs) if pairs else float("nan")
 
 
 def probe(cfg: ProbeConfig) -> ProbeResult:
@@ -84,18 +99,26 @@ def probe(cfg: ProbeConfig) -> ProbeResult:
     rng = random.Random(cfg.seed)
 
     readable = [q for q in questions if q["hops"] == 1 and not q["known"]]
+    famous = [q for q in questions if q["known"]]
     prompts = [render_prompt(q["question"], template) for q in questions]
+    starts = [""] * len(questions)
     for q in readable:
         shown = shown_docs([docs[d] for d in q["support"]], q["entities"], kb_docs, cfg.n_docs, rng)
         prompts.append(render_prompt(q["question"], "rag", information=format_docs(shown)))
-    replies = _greedy_replies(Path(cfg.model), prompts)
-    closed, reading = replies[: len(questions)], replies[len(questions) :]
+    starts += [""] * len(readable)
+    prompts += [render_prompt(q["question"], template) for q in famous]
+    starts += [f"{THINK_OPEN} Question: {q['question']} Answer:" for q in famous]
+    replies = _greedy_replies(Path(cfg.model), prompts, starts)
+    n_closed, n_read = len(questions), len(readable)
+    closed, reading = replies[:n_closed], replies[n_closed : n_closed + n_read]
+    recalled = replies[n_closed + n_read :]
 
     known = [(r, q["answer"]) for r, q in zip(closed, questions, strict=True) if q["known"]]
     unknown = [(r, q["answer"]) for r, q in zip(closed, questions, strict=True) if not q["known"]]
     return ProbeResult(
         closed_book_known=_em(known),
         closed_book_unknown=_em(unknown),
+        thought_recall=_em([(r, q["answer"]) for r, q in zip(recalled, famous, strict=True)], _recalled),
         answer_format=sum(final_answer(r) is not None for r in closed) / len(closed),
         searched=sum("<search>" in r or "<information>" in r for r in closed),
         reading=_em([(r, q["answer"]) for r, q in zip(reading, readable, strict=True)]),
@@ -109,6 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"[probe] {cfg.model} on {'+'.join(cfg.splits)}: closed-book EM known {r.closed_book_known:.3f} "
         f"(n={r.counts['known']}), unknown {r.closed_book_unknown:.3f} (n={r.counts['unknown']}); "
+        f"recall in a thought {r.thought_recall:.3f}; "
         f"reading EM {r.reading:.3f} (n={r.counts['reading']}, {cfg.n_docs} passages); "
         f"answer format {r.answer_format:.3f}"
     )
