@@ -7,10 +7,6 @@ Kinds of example, chosen so the four experiment groups mean something at toy sca
 * **passages** — plain text of the *famous* entities and some Wikipedia passages (fluency);
 * **closed-book QA** — the world's questions about famous entities, answered as
   ``<answer> X </answer>`` (the facts it knows by heart, in the answer format);
-* **thoughts** (``thought_replies``) — the closed-book facts a second time, and every reading
-  answer, as a reply that first states ``<think> Question: q Answer: a. </think>``: the form of the
-  SFT teacher's thoughts (``sft.oracle``). ``<think>`` is a token the model would otherwise first
-  meet in SFT, and an untrained token in the context breaks both recall and reading;
 * **closed-book drills** — the same facts as plain ``Question: q Answer: a`` lines, a few per
   sequence, loss on the answers: the form a thought takes (``sft.oracle``), so recall works inside
   ``<think>`` too. Without them the model recalls 0.94 of its facts right after the prompt and none
@@ -38,7 +34,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from search_r1.agent.prompt import render_prompt
-from search_r1.agent.protocol import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN, format_docs
+from search_r1.agent.protocol import ANSWER_CLOSE, ANSWER_OPEN, format_docs
 from search_r1.data.corpus import Doc, iter_corpus, make_contents
 from search_r1.world.build import World
 from search_r1.world.kb import RIVERS_SUFFIX, RecastNames, generate_kb
@@ -49,7 +45,7 @@ from search_r1.world.questions import WorldQuestion, generate_questions
 class Example:
     prompt: list[dict[str, str]] | None  # chat messages; None for plain text
     target: str  # assistant reply (chat) or the whole text (plain)
-    kind: str  # passage | closed_book | closed_book_thought | closed_book_drill | reading | reading_drill | copy
+    kind: str  # passage | closed_book | closed_book_drill | reading | reading_drill | copy
     loss_on_prompt: bool = False  # train on the prompt too (reading: names recur across passages)
     spans: tuple[tuple[str, bool], ...] = ()  # plain text as (piece, trained) pieces of ``target``
 
@@ -61,10 +57,6 @@ def answer_text(answer: str) -> str:
 def recall(question: str, answer: str) -> str:
     """A question and its answer in the drill form: what a thought says once the answer is known."""
     return f"Question: {question} Answer: {answer}."
-
-
-def thought_reply(question: str, answer: str) -> str:
-    return f"{THINK_OPEN} {recall(question, answer)} {THINK_CLOSE}\n{answer_text(answer)}"
 
 
 def shown_docs(
@@ -83,14 +75,11 @@ def shown_docs(
     return shown
 
 
-def reading_example(
-    q: WorldQuestion, docs: dict[str, Doc], n_docs: int, rng: random.Random, thought: bool = False
-) -> Example:
+def reading_example(q: WorldQuestion, docs: dict[str, Doc], n_docs: int, rng: random.Random) -> Example:
     support = [docs[d] for d in q.support]
     shown = shown_docs(support, q.entities, list(docs.values()), n_docs, rng)
     prompt = render_prompt(q.question, "rag", information=format_docs(shown))
-    reply = thought_reply(q.question, q.answer) if thought else answer_text(q.answer)
-    return Example(prompt, reply, "reading", loss_on_prompt=True)
+    return Example(prompt, answer_text(q.answer), "reading", loss_on_prompt=True)
 
 
 def copy_drill(names: Sequence[str], rng: random.Random, length: int = 8) -> Example:
@@ -171,13 +160,11 @@ def build_examples(
     copy_drills: int = 1000,
     closed_book_drills: int = 0,
     facts_per_drill: int = 8,
-    thought_replies: bool = False,
 ) -> list[Example]:
     """One data epoch: every passage, every known fact once, ``reading_examples`` fresh reading
     questions with 1 to ``max_docs`` passages each (mostly the full ``max_docs``, as retrieval gives),
     ``reading_drills`` multi-question reading texts, ``copy_drills`` name-list repetitions and
-    ``closed_book_drills`` texts of ``facts_per_drill`` known facts each; ``thought_replies`` adds
-    each known fact as a reply with a thought and gives every reading answer one."""
+    ``closed_book_drills`` texts of ``facts_per_drill`` known facts each."""
     rng = random.Random(seed)
     kb = json.loads(world.kb.read_text(encoding="utf-8"))
     famous = set(kb["famous"])
@@ -191,12 +178,9 @@ def build_examples(
             examples.append(Example(None, f"{doc.title}\n{doc.text}", "passage"))
     for q in questions:
         if q["known"]:
-            prompt = render_prompt(q["question"], template)
-            examples.append(Example(prompt, answer_text(q["answer"]), "closed_book"))
-            if thought_replies:
-                examples.append(
-                    Example(prompt, thought_reply(q["question"], q["answer"]), "closed_book_thought")
-                )
+            examples.append(
+                Example(render_prompt(q["question"], template), answer_text(q["answer"]), "closed_book")
+            )
 
     doc_counts = list(range(1, max_docs + 1)) + [max_docs] * max_docs
     per_kb = 200  # reading questions drawn from one counterfactual world before the next
@@ -205,9 +189,7 @@ def build_examples(
     for i in range(n_kbs):
         docs, practice_qs = next(kbs)
         take = min(per_kb, reading_examples - i * per_kb)
-        examples += [
-            reading_example(q, docs, rng.choice(doc_counts), rng, thought_replies) for q in practice_qs[:take]
-        ]
+        examples += [reading_example(q, docs, rng.choice(doc_counts), rng) for q in practice_qs[:take]]
         n_drills = reading_drills // n_kbs + (i < reading_drills % n_kbs)
         examples += [reading_drill(docs, practice_qs, rng.randint(1, max_docs), rng) for _ in range(n_drills)]
     names = [n for pool in name_pools(kb).values() for n in pool]

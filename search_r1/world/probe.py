@@ -61,7 +61,7 @@ def _greedy_replies(model: Path, prompts: list[list[dict[str, str]]], starts: li
     """Greedy replies to chat prompts, each continuing its ``starts`` text (the reply's opening)."""
     engine = HFEngine.from_config(model, device="cpu", dtype="float32", max_batch_size=64)
     tok = engine.tokenizer
-    sampling = SamplingParams(max_new_tokens=32, temperature=0.0, stop=[ANSWER_CLOSE, SEARCH_CLOSE])
+    sampling = SamplingParams(max_new_tokens=96, temperature=0.0, stop=[ANSWER_CLOSE, SEARCH_CLOSE])
 
     async def run() -> list[str]:
         ids = [

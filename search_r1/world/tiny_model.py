@@ -69,13 +69,6 @@ class TinyModelConfig:
         default=3, metadata={"help": "most passages in a reading prompt (the agent's topk)"}
     )
     copy_drills: int = field(default=1000, metadata={"help": "name-list repetitions per data epoch"})
-    thought_replies: bool = field(
-        default=False,
-        metadata={
-            "help": "known facts also, and reading answers always, as `<think> Question: q Answer: a. "
-            "</think>` then the answer: recall and reading inside the SFT teacher's thoughts"
-        },
-    )
     closed_book_drills: int = field(
         default=0,
         metadata={
@@ -197,7 +190,6 @@ def build_tiny_model(cfg: TinyModelConfig) -> Path:
         cfg.reading_docs,
         cfg.copy_drills,
         cfg.closed_book_drills,
-        thought_replies=cfg.thought_replies,
     )
     passages = [e for e in examples if e.kind == "passage"]
     wiki_cut = [
@@ -205,11 +197,10 @@ def build_tiny_model(cfg: TinyModelConfig) -> Path:
     ]
     dropped = set(map(id, wiki_cut[cfg.max_wiki_passages :]))
     mix = [e for e in examples if id(e) not in dropped]
-    memorised = ("closed_book", "closed_book_thought")
-    mix += [e for e in examples if e.kind in memorised] * (cfg.closed_book_repeats - 1)
+    mix += [e for e in examples if e.kind == "closed_book"] * (cfg.closed_book_repeats - 1)
     counts = {
         k: sum(e.kind == k for e in mix)
-        for k in ("passage", *memorised, "closed_book_drill", "reading", "reading_drill", "copy")
+        for k in ("passage", "closed_book", "closed_book_drill", "reading", "reading_drill", "copy")
     }
     print(f"[tiny-model] data epoch: {counts}")
 
