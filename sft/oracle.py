@@ -44,8 +44,8 @@ _ASK = (
 )
 # After a search: the hop's question again with its answer (``recall``), then one of these.
 _THEN_ANSWER = ("", " That answers it.", " The passage says so.")
-# A known fact, answered from memory: the whole question in the same form (``recall``), which is also
-# how the tiny model's pretraining states its facts (recall after a bare "I know this one." is 0).
+# A known fact, answered from memory: the whole question in the same form (``recall``), as the reading
+# step after a search does (the base model recalls 0 of its facts after a bare "I know this one.").
 _THEN_KNOWN = ("", " I know this one.", " No search needed.")
 
 

@@ -37,7 +37,7 @@ def test_closed_book_drills_state_known_facts_in_the_thought_form(world, tmp_pat
     facts = load_oracle_questions(world.questions)
     known = {q.question: q.answer for q in facts.values() if q.known}
     for drill in drills:
-        ids, labels = encode(drill, tok)
+        _, labels = encode(drill, tok)
         lines = drill.target.strip().split("\n")
         assert len(lines) == 8
         for line in lines:

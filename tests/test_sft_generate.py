@@ -76,7 +76,7 @@ def test_oracle_trajectories_are_correct_and_varied(world, tok_dir, tmp_path):
     for t in recs:
         hops, known = t.extra["meta"]["hops"], t.extra["meta"]["known"]
         assert t.num_searches in ((0, hops) if known else (hops,))  # known facts: sometimes no search
-        if t.num_searches == 0:  # recalled in the closed-book drill form the base model knows
+        if t.num_searches == 0:  # recalled in the same `Question: q Answer: a.` form as after a search
             question = t.extra["meta"]["question"]
             assert t.turns[0].text.startswith(f"<think> Question: {question} Answer: {t.final_answer}.")
         assert all("<information>" not in turn.text for turn in t.turns)

@@ -7,10 +7,11 @@ Kinds of example, chosen so the four experiment groups mean something at toy sca
 * **passages** — plain text of the *famous* entities and some Wikipedia passages (fluency);
 * **closed-book QA** — the world's questions about famous entities, answered as
   ``<answer> X </answer>`` (the facts it knows by heart, in the answer format);
-* **closed-book drills** — the same facts as plain ``Question: q Answer: a`` lines, a few per
-  sequence, loss on the answers: the form a thought takes (``sft.oracle``), so recall works inside
-  ``<think>`` too. Without them the model recalls 0.94 of its facts right after the prompt and none
-  after ``<think> I know this one. </think>`` (``docs/benchmarks.md``, SFT);
+* **closed-book drills** (optional, off in the committed config) — the same facts as plain
+  ``Question: q Answer: a`` lines, a few per sequence, loss on the answers: the form of the SFT
+  teacher's thoughts (``sft.oracle``). Without them the model recalls 0.94 of its facts right after
+  the prompt and 0.02 after ``<think> Question: q Answer:``; with them 0.17, and reading rises, but
+  the SFT student is no better (``docs/benchmarks.md``, SFT, session 5);
 * **reading QA** — a question with passages in the prompt (the ``rag`` template), over
   *counterfactual* knowledge bases: the world's own names with freshly drawn facts, a new draw
   every few hundred questions. No fact repeats often enough to be memorised and none is true of the
