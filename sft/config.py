@@ -48,6 +48,18 @@ class GenerateConfig:
 
 
 @dataclass
+class PracticeConfig:
+    worlds: int = field(
+        default=0,
+        metadata={
+            "help": "practice worlds (search_r1.world.practice) whose teacher trajectories join the SFT set; "
+            "embedded world only"
+        },
+    )
+    seed: int = field(default=1, metadata={"help": "practice world k (from 0) is built with seed + k"})
+
+
+@dataclass
 class FilterConfig:
     require_correct: bool = field(
         default=True, metadata={"help": "final answer must exact-match a gold answer"}
@@ -91,6 +103,7 @@ class SFTConfig:
     )
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
+    practice: PracticeConfig = field(default_factory=PracticeConfig)
     filters: FilterConfig = field(default_factory=FilterConfig)
     llamafactory: dict[str, Any] = field(
         default_factory=dict, metadata={"help": "LLaMA-Factory training arguments (its own names)"}
@@ -102,6 +115,19 @@ class SFTConfig:
         return Path(self.run_dir) if self.run_dir else RUNS_DIR / "sft" / self.preset
 
     trajectories = property(lambda self: self.root / "trajectories.jsonl")
+
+    @property
+    def practice_seeds(self) -> list[int]:
+        return [self.practice.seed + k for k in range(self.practice.worlds)]
+
+    def practice_trajectories(self, seed: int) -> Path:
+        return self.root / "practice" / f"seed{seed}.jsonl"
+
+    @property
+    def trajectory_files(self) -> list[Path]:
+        """Every file the filters read: the world's trajectories, then each practice world's."""
+        return [self.trajectories] + [self.practice_trajectories(s) for s in self.practice_seeds]
+
     filtered = property(lambda self: self.root / "filtered.jsonl")
     filter_report = property(lambda self: self.root / "filter_report.json")
     dataset_dir = property(lambda self: self.root / "data")

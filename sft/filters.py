@@ -82,6 +82,7 @@ class FilterReport:
     kept: int = 0
     kept_questions: int = 0
     mix: dict[str, int] = field(default_factory=dict)
+    sources: dict[str, int] = field(default_factory=dict)  # kept per world ("world", "p<seed>")
 
     def to_dict(self) -> dict[str, Any]:
         return self.__dict__ | {
@@ -128,6 +129,7 @@ def select(
 
     report.kept, report.kept_questions = len(kept), len({t.uid for t in kept})
     report.mix = {k: sum(mix_key(t) == k for t in kept) for k in MIX_KEYS}
+    report.sources = dict(Counter(t.extra.get("source", "world") for t in kept))
     return kept, report
 
 
@@ -149,7 +151,7 @@ def balance(trajs: list[Trajectory], target: dict[str, float], rng: random.Rando
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(SFTConfig, "Filter and balance teacher trajectories.", DEFAULT_CONFIG, argv)
     tokenizer = AutoTokenizer.from_pretrained(cfg.model)
-    trajs = [Trajectory.from_dict(r) for r in read_records(cfg.trajectories)]
+    trajs = [Trajectory.from_dict(r) for path in cfg.trajectory_files for r in read_records(path)]
     kept, report = select(trajs, cfg.filters, tokenizer)
     with cfg.filtered.open("w", encoding="utf-8") as f:
         for t in kept:

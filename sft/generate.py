@@ -50,15 +50,20 @@ class Question:
     messages: list[dict[str, str]]
     golds: list[str]
     meta: dict[str, Any]  # question text, hops, support doc ids, known, ...
+    source: str = "world"  # which world it comes from: "world", or "p<seed>" for a practice world
 
 
-def load_questions(parquet: Path, max_questions: int = 0) -> list[Question]:
+def load_questions(parquet: Path, max_questions: int = 0, source: str = "world") -> list[Question]:
+    """The rows of ``parquet``; a practice world's uids get its ``source`` as a prefix, since every
+    world numbers its questions the same way."""
     rows = read_parquet(parquet)
     rows = rows[:max_questions] if max_questions else rows
+    prefix = "" if source == "world" else f"{source}-"
     out = []
     for row in rows:
         meta = {k: (list(v) if hasattr(v, "tolist") else v) for k, v in row["extra_info"].items()}
-        out.append(Question(uid_of(row), row["prompt"], row["reward_model"]["ground_truth"]["target"], meta))
+        golds = row["reward_model"]["ground_truth"]["target"]
+        out.append(Question(prefix + uid_of(row), row["prompt"], golds, meta, source))
     return out
 
 
@@ -78,6 +83,13 @@ def recover(path: Path) -> set[tuple[str, int]]:
         with path.open("r+b") as f:
             f.truncate(len(keep))
     return {(r["uid"], r["sample_index"]) for r in read_records(path)}
+
+
+def missing(path: Path, questions: list[Question], n_samples: int) -> list[tuple[Question, list[int]]]:
+    """The questions of ``questions`` with samples not yet in ``path``, and which samples."""
+    done = recover(path)
+    pending = [(q, [k for k in range(n_samples) if (q.uid, k) not in done]) for q in questions]
+    return [(q, todo) for q, todo in pending if todo]
 
 
 def make_teacher(cfg: TeacherConfig, tokenizer: PreTrainedTokenizerBase, world_dir: Path) -> Engine:
@@ -118,7 +130,9 @@ async def _episodes(
         traj = await run_episode(engine, tokenizer, retriever, prompt_ids, protocol, sampling, q.uid, k)
         for key in _TIMINGS:  # wall-clock numbers would make a resumed file differ from a clean run
             traj.extra.pop(key, None)
-        traj.extra.update(messages=q.messages, golds=q.golds, meta=q.meta, teacher=cfg.teacher.kind)
+        traj.extra.update(
+            messages=q.messages, golds=q.golds, meta=q.meta, teacher=cfg.teacher.kind, source=q.source
+        )
         out.append(traj)
     return out
 
@@ -131,17 +145,16 @@ async def generate(
     questions: list[Question],
     protocol: ProtocolConfig,
     stop_after_batches: int | None = None,
+    out: Path | None = None,
 ) -> Path:
-    """Append every missing ``(question, sample)`` to ``cfg.trajectories``; returns its path.
+    """Append every missing ``(question, sample)`` to ``out`` (default ``cfg.trajectories``); returns
+    its path.
 
     ``stop_after_batches`` simulates a crash (tests): return early, as a killed process would.
     """
-    out = cfg.trajectories
+    out = out or cfg.trajectories
     out.parent.mkdir(parents=True, exist_ok=True)
-    done = recover(out)
-    n = cfg.generate.n_samples
-    pending = [(q, [k for k in range(n) if (q.uid, k) not in done]) for q in questions]
-    pending = [(q, todo) for q, todo in pending if todo]
+    pending = missing(out, questions, cfg.generate.n_samples)
     bs = cfg.generate.batch_size
     with out.open("a", encoding="utf-8") as f, tqdm(total=len(pending), desc="teacher", unit="q") as bar:
         for b, start in enumerate(range(0, len(pending), bs)):
@@ -176,21 +189,41 @@ def summarize(path: Path) -> dict[str, Any]:
     }
 
 
+def generate_world(
+    cfg: SFTConfig,
+    world_dir: Path,
+    url: str,
+    tokenizer: PreTrainedTokenizerBase,
+    protocol: ProtocolConfig,
+    questions: list[Question],
+    out: Path | None = None,
+) -> Path:
+    """The teacher of ``cfg`` on ``questions`` of the world at ``world_dir``, searching at ``url``."""
+    from search_r1.retrieval.client import AsyncRetrieverClient
+
+    engine = make_teacher(cfg.teacher, tokenizer, world_dir)
+
+    async def run() -> Path:
+        async with AsyncRetrieverClient(url, topk=protocol.topk) as retriever:
+            return await generate(cfg, engine, tokenizer, retriever, questions, protocol, out=out)
+
+    return asyncio.run(run())
+
+
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(SFTConfig, "Generate teacher trajectories (resumable).", DEFAULT_CONFIG, argv)
-    from search_r1.retrieval.client import AsyncRetrieverClient
+    from sft.practice import generate_practice
 
     tokenizer = AutoTokenizer.from_pretrained(cfg.model)
     protocol = ProtocolConfig.from_yaml(cfg.generate.protocol)
-    questions = load_questions(
-        Path(cfg.world_dir) / f"{cfg.generate.split}.parquet", cfg.generate.max_questions
-    )
-    engine = make_teacher(cfg.teacher, tokenizer, Path(cfg.world_dir))
-    retriever = AsyncRetrieverClient(cfg.generate.retriever_url, topk=protocol.topk)
+    world_dir = Path(cfg.world_dir)
+    questions = load_questions(world_dir / f"{cfg.generate.split}.parquet", cfg.generate.max_questions)
     t0 = time.perf_counter()
-    path = asyncio.run(generate(cfg, engine, tokenizer, retriever, questions, protocol))
-    summary = summarize(path) | {"wall_s": round(time.perf_counter() - t0, 1)}
-    print(f"[sft.generate] {path}\n{json.dumps(summary, indent=1)}")
+    paths = [generate_world(cfg, world_dir, cfg.generate.retriever_url, tokenizer, protocol, questions)]
+    paths += generate_practice(cfg, tokenizer, protocol)
+    wall = round(time.perf_counter() - t0, 1)
+    summary = {str(p): summarize(p) for p in paths} | {"wall_s": wall}
+    print(f"[sft.generate] {len(paths)} trajectory file(s)\n{json.dumps(summary, indent=1)}")
 
 
 if __name__ == "__main__":

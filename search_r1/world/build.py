@@ -12,6 +12,7 @@ import hashlib
 import json
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -91,15 +92,25 @@ def _corpus(kb: KnowledgeBase, rng: random.Random, max_wiki: int) -> list[Doc]:
     return docs
 
 
-def build_world(cfg: WorldConfig, verbose: bool = True) -> World:
-    """Generate every file of the world into ``cfg.out_dir``."""
+def build_world(
+    cfg: WorldConfig,
+    verbose: bool = True,
+    kb_factory: Callable[[random.Random], KnowledgeBase] | None = None,
+) -> World:
+    """Generate every file of the world into ``cfg.out_dir``.
+
+    ``kb_factory`` replaces the freshly named knowledge base (``generate_kb`` with ``cfg``'s sizes);
+    practice worlds (``search_r1.world.practice``) pass one that recasts another world's names."""
     start = time.time()
     log = print if verbose else (lambda *a, **k: None)
     world = World(Path(cfg.out_dir))
     world.root.mkdir(parents=True, exist_ok=True)
     rng = random.Random(cfg.seed)
 
-    kb = generate_kb(rng, cfg.n_countries, cfg.n_cities, cfg.n_people, cfg.n_companies)
+    if kb_factory is not None:
+        kb = kb_factory(rng)
+    else:
+        kb = generate_kb(rng, cfg.n_countries, cfg.n_cities, cfg.n_people, cfg.n_companies)
     log(f"[world] {len(kb.entities)} fictional entities")
     famous = {e.name for e in kb.entities if rng.random() < cfg.known_fraction}
     split_of = _assign_splits(kb, rng, cfg.split_fractions)

@@ -229,3 +229,35 @@ def write_passage(e: Entity, rng: random.Random) -> str:
             f"and has its headquarters in {a['headquarters']}.",
         ]
     )
+
+
+def name_pools(kb: dict) -> dict[str, list[str]]:
+    """The world's names by kind, famous entities left out so their memorised facts stay unambiguous."""
+    famous = set(kb["famous"])
+    pools: dict[str, set[str]] = {k: set() for k in ("country", "city", "river", "first", "last", "company")}
+    for e in kb["entities"]:
+        if e["kind"] == "city":
+            pools["river"].add(e["attrs"]["river"].removesuffix(f" {RIVERS_SUFFIX}"))
+        if e["name"] in famous:
+            continue
+        if e["kind"] == "person":
+            first, last = e["name"].split(" ", 1)
+            pools["first"].add(first)
+            pools["last"].add(last)
+        elif e["kind"] == "company":
+            pools["company"].add(e["name"].rsplit(" ", 1)[0])
+        else:
+            pools[e["kind"]].add(e["name"])
+    return {k: sorted(v) for k, v in pools.items()}
+
+
+def recast_kb(pools: dict[str, list[str]], rng: random.Random) -> KnowledgeBase:
+    """A counterfactual knowledge base: every name of ``pools`` (``name_pools``) recast with freshly
+    drawn facts. Used for the tiny model's reading practice and for SFT's practice worlds."""
+    sizes = (
+        len(pools["country"]),
+        len(pools["city"]),
+        min(len(pools["first"]), len(pools["last"])),
+        len(pools["company"]),
+    )
+    return generate_kb(rng, *sizes, names=RecastNames(pools, rng))

@@ -38,7 +38,7 @@ from search_r1.agent.prompt import render_prompt
 from search_r1.agent.protocol import ANSWER_CLOSE, ANSWER_OPEN, format_docs
 from search_r1.data.corpus import Doc, iter_corpus, make_contents
 from search_r1.world.build import World
-from search_r1.world.kb import RIVERS_SUFFIX, RecastNames, generate_kb
+from search_r1.world.kb import name_pools, recast_kb
 from search_r1.world.questions import WorldQuestion, generate_questions
 
 
@@ -90,37 +90,11 @@ def copy_drill(names: Sequence[str], rng: random.Random, length: int = 8) -> Exa
     return Example(None, f"Names: {listed}.\nAgain: {listed}.", "copy")
 
 
-def name_pools(kb: dict) -> dict[str, list[str]]:
-    """The world's names by kind, famous entities left out so their memorised facts stay unambiguous."""
-    famous = set(kb["famous"])
-    pools: dict[str, set[str]] = {k: set() for k in ("country", "city", "river", "first", "last", "company")}
-    for e in kb["entities"]:
-        if e["kind"] == "city":
-            pools["river"].add(e["attrs"]["river"].removesuffix(f" {RIVERS_SUFFIX}"))
-        if e["name"] in famous:
-            continue
-        if e["kind"] == "person":
-            first, last = e["name"].split(" ", 1)
-            pools["first"].add(first)
-            pools["last"].add(last)
-        elif e["kind"] == "company":
-            pools["company"].add(e["name"].rsplit(" ", 1)[0])
-        else:
-            pools[e["kind"]].add(e["name"])
-    return {k: sorted(v) for k, v in pools.items()}
-
-
 def counterfactual_kbs(kb: dict, rng: random.Random) -> Iterator[tuple[dict[str, Doc], list[WorldQuestion]]]:
     """Endless counterfactual knowledge bases: the passages of each and its questions, shuffled."""
     pools = name_pools(kb)
-    sizes = (
-        len(pools["country"]),
-        len(pools["city"]),
-        min(len(pools["first"]), len(pools["last"])),
-        len(pools["company"]),
-    )
     while True:
-        practice = generate_kb(rng, *sizes, names=RecastNames(pools, rng))
+        practice = recast_kb(pools, rng)
         docs = {e.doc_id: Doc(e.doc_id, make_contents(e.name, e.passage)) for e in practice.entities}
         questions = generate_questions(practice)
         rng.shuffle(questions)
