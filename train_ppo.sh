@@ -34,7 +34,7 @@ if grep -q '^defaults:' "$CONFIG"; then
     'hydra.searchpath=[pkg://verl.trainer.config]' "$@"
 fi
 
-# Single machine: the embedded world, its tiny model and a BM25 index (built once, cached).
+# Single machine: the embedded world, its tiny model and its index (built once, cached).
 PRESET="$(basename "$CONFIG" .yaml)"; PRESET="${PRESET%%_*}"          # tiny_ppo -> tiny
 SFT="${SEARCH_R1_HOME:-outputs}/runs/sft/$PRESET/merged"
 MODEL_ARGS=()
@@ -45,11 +45,11 @@ else
   echo "train_ppo.sh: starting from the base model in $CONFIG (no SFT checkpoint at $SFT; run train_sft.sh first)"
 fi
 "$PY" -m search_r1.world >&2
-"$PY" - <<'PYEOF' || "$PY" scripts/build_index.py 'backends=[bm25]' >&2
+"$PY" - <<'PYEOF' || "$PY" scripts/build_index.py >&2
 import sys
 from search_r1.paths import INDEX_DIR
 from search_r1.retrieval.build import read_manifest
 m = read_manifest(INDEX_DIR / "world")
-sys.exit(0 if all(m.get(p, {}).get("done") for p in ("docstore", "bm25")) else 1)
+sys.exit(0 if all(m.get(p, {}).get("done") for p in ("docstore", "dense", "bm25")) else 1)
 PYEOF
 exec "$PY" -m search_r1.rl.trainer --config "$CONFIG" "${MODEL_ARGS[@]}" "$@"

@@ -161,6 +161,7 @@ def test_resume_after_kill_matches_uninterrupted_run(base_model, bm25_index, tmp
     common = [
         f"actor_rollout_ref.model.path={base_model}",
         f"retriever.index_dir={bm25_index}",
+        "retriever.backend=bm25",
         "data.train_batch_size=2",
         "actor_rollout_ref.rollout.n=2",
         "actor_rollout_ref.actor.ppo_mini_batch_size=1",
@@ -318,6 +319,7 @@ def test_rl_from_sft_start_raises_reward(sft_start, bm25_index, tmp_path) -> Non
                 f"actor_rollout_ref.model.path={sft_start}",
                 f"trainer.default_local_dir={tmp_path}",
                 f"retriever.index_dir={bm25_index}",
+                "retriever.backend=bm25",
                 "algorithm.adv_estimator=grpo",
                 "data.train_batch_size=4",
                 "actor_rollout_ref.rollout.n=4",
@@ -343,7 +345,13 @@ def test_rl_from_sft_start_raises_reward(sft_start, bm25_index, tmp_path) -> Non
 @pytest.mark.slow
 def test_rl_from_base_model_completes_with_metrics(base_model, bm25_index, tmp_path) -> None:
     run = train(
-        make_cfg(base_model, tmp_path, f"retriever.index_dir={bm25_index}", "trainer.save_merged=true")
+        make_cfg(
+            base_model,
+            tmp_path,
+            f"retriever.index_dir={bm25_index}",
+            "retriever.backend=bm25",
+            "trainer.save_merged=true",
+        )
     )
     m = read_metrics(run)
     assert [x["step"] for x in m] == [1, 2, 3]

@@ -115,7 +115,7 @@ class AlgorithmConfig:
 class RetrieverConfig:
     url: str | None = _f(None, "retriever server URL; null = serve index_dir in-process on a free port")
     index_dir: str = _f(str(INDEX_DIR / "world"), "index to serve in-process when url is null")
-    backend: str = _f("bm25", "in-process backend: bm25 | dense | hybrid")
+    backend: str = _f("dense", "in-process backend: dense | bm25 | hybrid (as the SFT data's retriever)")
     timeout_s: float = _f(10.0, "per-request timeout of the client")
 
 
