@@ -8,7 +8,8 @@
 # Every stage resumes: generation skips finished questions, LLaMA-Factory continues from the newest
 # checkpoint in <run_dir>/lora. Set SFT_SKIP_EVAL=1 to skip the before/after EM check at the end.
 # Needs the retriever service at generate.retriever_url; for the embedded world it is started here
-# (and stopped at exit) when nothing answers there.
+# (and stopped at exit) when nothing answers there. Practice worlds (practice.worlds, tiny preset: 2)
+# are built, indexed and served one at a time by sft.generate, with the same retriever backend.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/scripts/_env.sh"
 cd "$ROOT"

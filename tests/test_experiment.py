@@ -20,7 +20,7 @@ def test_runner_in_miniature_produces_all_four_groups_and_the_table(tiny_model, 
         [
             f"out_dir={tmp_path}",
             f"base_model={tiny_model}",
-            "sft_overrides=[generate.max_questions=24,generate.n_samples=1,llamafactory.max_steps=3,llamafactory.save_steps=3]",
+            "sft_overrides=[generate.max_questions=24,generate.n_samples=1,practice.worlds=1,llamafactory.max_steps=3,llamafactory.save_steps=3]",
             "rl_overrides=[trainer.total_training_steps=1,data.train_batch_size=2,actor_rollout_ref.rollout.n=2,actor_rollout_ref.actor.ppo_mini_batch_size=2]",
             "eval_overrides=[max_examples=12]",
         ],
@@ -45,6 +45,9 @@ def test_runner_in_miniature_produces_all_four_groups_and_the_table(tiny_model, 
         for g in ("sft", "rl", "sft_rl")
     }
     assert len(models) == 3
+    # the SFT set holds the world's trajectories and those of the practice world
+    report = json.loads((tmp_path / "seed0" / "sft" / "filter_report.json").read_text())
+    assert set(report["sources"]) == {"world", "p1"}
     # resume: a second call re-runs nothing and gives the same table
     again = run_experiment(cfg)
     assert {g: r["em"]["mean"] for g, r in again["groups"].items()} == {
