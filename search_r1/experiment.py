@@ -186,6 +186,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
     start = time.time()
     root = Path(cfg.out_dir or RUNS_DIR / "experiment" / cfg.preset)
     root.mkdir(parents=True, exist_ok=True)
+    resumed = cfg.resume and any(root.glob("**/results.json"))  # some stages are reused, not rerun
     (root / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
     if cfg.embedded_world:  # world, tiny model and index: each built once, then cached
         from search_r1.config import load_config
@@ -217,6 +218,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
                 results[group].append(_eval(cfg, model, seed_root / "eval" / group, url, group))
     summary = summarize(results)
     summary["seconds"] = round(time.time() - start)
+    summary["resumed"] = resumed
     write_report(summary, cfg, root, publish_dir=REPO_ROOT / "docs" / "results" if cfg.publish else None)
     return summary
 

@@ -92,9 +92,10 @@ def write_report(summary: dict[str, Any], cfg: Any, root: Path, publish_dir: Pat
     summary = summary | {"config": to_dict(cfg), "git_commit": git_commit()}
     table = markdown(summary)
     minutes = summary["seconds"] / 60
+    clock = " for this invocation, which reused stages of an earlier one" if summary.get("resumed") else ""
     body = (
         f"# Experiment `{cfg.preset}`\n\n{table}\n"
-        f"Commit `{summary['git_commit']}`, seeds {cfg.seeds}, {minutes:.1f} min wall clock. "
+        f"Commit `{summary['git_commit']}`, seeds {cfg.seeds}, {minutes:.1f} min wall clock{clock}. "
         f"Test files: {', '.join(cfg.test_files)}. Greedy decoding; every test question evaluated.\n\n"
         "How each metric is computed:\n\n"
         + "".join(f"- **{k}**: {v}\n" for k, v in summary["definitions"].items())

@@ -48,8 +48,10 @@ def test_runner_in_miniature_produces_all_four_groups_and_the_table(tiny_model, 
     # the SFT set holds the world's trajectories and those of the practice world
     report = json.loads((tmp_path / "seed0" / "sft" / "filter_report.json").read_text())
     assert set(report["sources"]) == {"world", "p1"}
-    # resume: a second call re-runs nothing and gives the same table
+    # resume: a second call re-runs nothing, gives the same table, and says its time is partial
+    assert not summary["resumed"]
     again = run_experiment(cfg)
     assert {g: r["em"]["mean"] for g, r in again["groups"].items()} == {
         g: r["em"]["mean"] for g, r in summary["groups"].items()
     }
+    assert again["resumed"] and "reused stages" in (tmp_path / "results.md").read_text()
