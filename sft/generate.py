@@ -7,6 +7,9 @@ is ``search_r1.agent.rollout.run_episode``; only the engine differs. Tokens are 
 tokens (the teacher's text is tokenised with the student tokenizer), so a trajectory is exactly
 what the student would see in RL.
 
+With ``practice.worlds`` set (the tiny preset), the practice worlds follow the world, each with its
+own index and retriever (``sft.practice``), into their own files.
+
 Crash safety: a question's ``n`` samples are written together, in question order, one JSON line
 each, flushed and fsynced per batch. On restart the file is read back, a torn last line is cut
 off, finished ``(uid, sample)`` pairs are skipped and the rest is generated. Sample ``k`` uses seed
