@@ -21,6 +21,10 @@ def _f(default: Any, help: str) -> Any:  # noqa: A002 - "help" mirrors argparse
 @dataclass
 class DataConfig:
     train_files: str = _f(str(WORLD_DIR / "train.parquet"), "verl-schema parquet of training questions")
+    train_max_samples: int = _f(
+        -1,
+        "train on N questions of train_files, as verl: a random subset by seed (the first N without shuffle); -1 = all",
+    )
     train_batch_size: int = _f(8, "prompts per step (each sampled actor_rollout_ref.rollout.n times)")
     shuffle: bool = _f(True, "reshuffle the prompts every epoch (order is a pure function of seed and step)")
     seed: int = _f(1, "seed of the data order")

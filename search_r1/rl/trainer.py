@@ -42,7 +42,7 @@ from search_r1.rewards import compute_score
 from search_r1.rl.algos import compute_advantages, policy_loss_config
 from search_r1.rl.batch import Batch, collate, place_outcome_reward
 from search_r1.rl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from search_r1.rl.config import ActorConfig, PPOConfig
+from search_r1.rl.config import ActorConfig, DataConfig, PPOConfig
 from search_r1.rl.retriever import open_retriever
 
 
@@ -55,6 +55,16 @@ def batch_indices(step: int, n_rows: int, batch_size: int, seed: int, shuffle: b
         order = np.random.default_rng([seed, epoch]).permutation(n_rows) if shuffle else np.arange(n_rows)
         out.append(int(order[i]))
     return out
+
+
+def train_rows(data: DataConfig) -> list[dict]:
+    """The training questions: ``train_files``, or ``train_max_samples`` of them chosen as verl does."""
+    rows = read_parquet(data.train_files)
+    n = data.train_max_samples
+    if not 0 < n < len(rows):
+        return rows
+    keep = np.random.default_rng(data.seed).choice(len(rows), n, replace=False) if data.shuffle else range(n)
+    return [rows[i] for i in sorted(keep)]
 
 
 def load_models(cfg: PPOConfig, device: torch.device, dtype: torch.dtype):
@@ -148,7 +158,7 @@ def train(cfg: PPOConfig, retriever: Retriever | None = None) -> Path:
             lr=cfg.critic.optim.lr,
             weight_decay=cfg.critic.optim.weight_decay,
         )
-    rows = read_parquet(cfg.data.train_files)
+    rows = train_rows(cfg.data)
     prompts = [
         tokenizer.apply_chat_template(
             row["prompt"], add_generation_prompt=True, tokenize=True, return_dict=False
