@@ -39,10 +39,12 @@ def main() -> None:
         "--lr", type=float, default=1e-4, help="actor learning rate (0: a run that cannot learn)"
     )
     parser.add_argument("--seed", type=int, default=1, help="data and sampling seed")
+    parser.add_argument("--out", default="", help="keep the run folder here (default: a temporary one)")
     parser.add_argument("overrides", nargs="*", help="more PPOConfig overrides (key=value)")
     args = parser.parse_intermixed_args()
     per_epoch = args.questions // args.batch
-    with tempfile.TemporaryDirectory() as out:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = args.out or tmp
         t0 = time.perf_counter()
         run = train(
             load_config(

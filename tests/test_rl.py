@@ -289,12 +289,19 @@ LEARNING_RUN = {"questions": 16, "batch": 4, "epochs": 4}  # 16 GRPO steps; each
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(
+    reason="known gap (issue 6): the gain is real but small against its noise. Seven runs of this "
+    "setting (lr 1e-4, 4 or 8 samples, seeds 1-3) gained +0.08 to +0.18 (mean 0.105, all positive); "
+    "two runs that cannot learn (lr 0) gained -0.06 and +0.05, the latter at 2.2 SE, so neither one "
+    "run's SE (about 0.05; gain > 2 SE held in 3 of 7) nor a fixed margin separates them reliably "
+    "(docs/benchmarks.md, RL, session 7)",
+    strict=False,
+)
 def test_rl_from_sft_start_raises_reward(sft_start, unseen_world, tmp_path) -> None:
     """GRPO from the SFT model on 16 questions it has not seen, four epochs, fixed seed. Each
     question's mean reward (EM shaped by format: 0.2 for a well-formed wrong answer) in the last
-    epoch is compared with the first, and the mean gain must exceed two standard errors of the
-    per-question gains. Measured (docs/benchmarks.md, RL, session 7): with lr 0 the gain is
-    -0.06 and ...; learning runs gain ..."""
+    epoch is compared with the first (``paired_gain``); the mean gain must exceed two standard
+    errors of the per-question gains."""
     train_files, index = unseen_world
     per_epoch = LEARNING_RUN["questions"] // LEARNING_RUN["batch"]
     run = train(

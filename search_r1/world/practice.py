@@ -49,10 +49,11 @@ def ensure_practice_world(cfg: PracticeWorldConfig, verbose: bool = True) -> Wor
     source = World(Path(cfg.world_dir))
     if not source.exists():
         raise FileNotFoundError(f"no world at {source.root} to recast (python -m search_r1.world.build)")
-    kb = json.loads(source.kb.read_text(encoding="utf-8"))
+    raw_kb = source.kb.read_bytes()
+    kb = json.loads(raw_kb)
     base = json.loads(source.manifest.read_text())["config"]
     stamp = {
-        "source_kb_sha256": hashlib.sha256(source.kb.read_bytes()).hexdigest(),
+        "source_kb_sha256": hashlib.sha256(raw_kb).hexdigest(),
         "config": to_dict(cfg) | {"world_dir": None, "out_dir": None},
     }
     world = World(cfg.root)
