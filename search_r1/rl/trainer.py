@@ -67,6 +67,16 @@ def train_rows(data: DataConfig) -> list[dict]:
     return [rows[i] for i in sorted(keep)]
 
 
+def prompt_ids(tokenizer, rows: list[dict]) -> list[list[int]]:
+    """Each row's chat prompt rendered with the model's own template, ready to generate from."""
+    return [
+        tokenizer.apply_chat_template(
+            row["prompt"], add_generation_prompt=True, tokenize=True, return_dict=False
+        )
+        for row in rows
+    ]
+
+
 def load_models(cfg: PPOConfig, device: torch.device, dtype: torch.dtype):
     """Actor (LoRA or full), reference (None with LoRA: the adapter is disabled instead), critic (GAE only)."""
     mcfg = cfg.actor_rollout_ref.model
@@ -159,12 +169,7 @@ def train(cfg: PPOConfig, retriever: Retriever | None = None) -> Path:
             weight_decay=cfg.critic.optim.weight_decay,
         )
     rows = train_rows(cfg.data)
-    prompts = [
-        tokenizer.apply_chat_template(
-            row["prompt"], add_generation_prompt=True, tokenize=True, return_dict=False
-        )
-        for row in rows
-    ]
+    prompts = prompt_ids(tokenizer, rows)
     protocol = ProtocolConfig.from_yaml(cfg.agent.protocol)
     pl_config = policy_loss_config(a)
     policy_loss_fn = core_algos.get_policy_loss_fn(a.policy_loss.loss_mode)

@@ -1,0 +1,128 @@
+"""Training questions the start policy sometimes solves: a pass-rate pre-pass before RL.
+
+GRPO learns only from groups whose rewards differ. From the tiny SFT model, about a third of a
+practice world's questions are never solved and some always are, so their groups teach nothing;
+trained on questions it solves only sometimes, the same run gains three times as much (session 7,
+docs/benchmarks.md, RL). This pass samples each question ``n`` times with the start policy (the
+trainer's rollout, retriever and reward), and writes the rows whose pass rate (exact match) lies
+strictly between ``min_pass`` and ``max_pass`` to a parquet for ``data.train_files``, with every
+question's rate beside it (``<out>.pass_rates.json``). Curating RL prompts by the starting
+policy's pass rate is common practice; DAPO's dynamic sampling does it online.
+
+    python -m search_r1.rl.select model=data/models/tiny-sft \\
+        train_files=outputs/world/practice/seed3/train.parquet out=outputs/rl/sometimes.parquet
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from tqdm import tqdm
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from search_r1.agent.engines.base import SamplingParams
+from search_r1.agent.engines.hf import HFEngine
+from search_r1.agent.protocol import ProtocolConfig
+from search_r1.agent.rollout import rollout
+from search_r1.config import parse_config, to_dict
+from search_r1.data.schema import read_parquet, uid_of
+from search_r1.paths import CONFIG_DIR, WORLD_DIR
+from search_r1.rewards import compute_score
+from search_r1.rl.config import DataConfig, RetrieverConfig
+from search_r1.rl.retriever import open_retriever
+from search_r1.rl.trainer import prompt_ids, train_rows
+
+
+@dataclass
+class SelectConfig:
+    model: str = field(default="", metadata={"help": "HF folder of the start policy (the SFT model)"})
+    train_files: str = field(default=str(WORLD_DIR / "train.parquet"), metadata={"help": "questions"})
+    out: str = field(default="", metadata={"help": "parquet of the selected rows"})
+    max_questions: int = field(
+        default=64, metadata={"help": "N questions drawn by seed, as data.train_max_samples (-1 = all)"}
+    )
+    n: int = field(default=8, metadata={"help": "samples per question"})
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature (as the RL rollout)"})
+    min_pass: float = field(default=0.0, metadata={"help": "keep pass rates strictly above this"})
+    max_pass: float = field(default=1.0, metadata={"help": "keep pass rates strictly below this"})
+    seed: int = field(default=1, metadata={"help": "seed of the question draw and the sampling"})
+    protocol: str = field(
+        default=str(CONFIG_DIR / "agent" / "tiny.yaml"), metadata={"help": "ProtocolConfig YAML"}
+    )
+    retriever: RetrieverConfig = field(default_factory=RetrieverConfig)
+
+
+def pass_rates(cfg: SelectConfig) -> dict[str, float]:
+    """Exact-match rate of ``cfg.n`` samples of each of ``max_questions`` questions."""
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model)
+    model = AutoModelForCausalLM.from_pretrained(cfg.model).eval()
+    rows = train_rows(
+        DataConfig(train_files=cfg.train_files, train_max_samples=cfg.max_questions, seed=cfg.seed)
+    )
+    uids = [uid_of(r) for r in rows]
+    sampling = SamplingParams(temperature=cfg.temperature)
+    with (
+        asyncio.Runner() as runner,
+        open_retriever(cfg.retriever, runner) as retriever,
+        tqdm(total=len(rows) * cfg.n, desc="pass rates", unit="sample") as bar,
+    ):
+        torch.manual_seed(cfg.seed)
+        out = runner.run(
+            rollout(
+                HFEngine(model, tokenizer),
+                tokenizer,
+                retriever,
+                prompt_ids(tokenizer, rows),
+                ProtocolConfig.from_yaml(cfg.protocol),
+                sampling,
+                uids=uids,
+                n=cfg.n,
+                on_done=lambda *_: bar.update(),
+            )
+        )
+    em = [
+        compute_score(
+            row["data_source"],
+            tokenizer.decode(traj.response_ids, skip_special_tokens=True),
+            row["reward_model"]["ground_truth"],
+            row["extra_info"],
+        )["em"]
+        for row, traj in zip([r for r in rows for _ in range(cfg.n)], out.trajectories, strict=True)
+    ]
+    per_question = np.array(em).reshape(len(rows), cfg.n).mean(axis=1)
+    return dict(zip(uids, per_question.tolist(), strict=True))
+
+
+def select(cfg: SelectConfig) -> Path:
+    """Write the rows of ``train_files`` whose pass rate is in (min_pass, max_pass) to ``cfg.out``."""
+    if not cfg.model or not cfg.out:
+        raise ValueError("select needs model= and out=")
+    rates = pass_rates(cfg)
+    keep = {uid for uid, p in rates.items() if cfg.min_pass < p < cfg.max_pass}
+    table = pq.read_table(cfg.train_files)
+    rows = read_parquet(cfg.train_files)
+    out = Path(cfg.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table.take([i for i, r in enumerate(rows) if uid_of(r) in keep]), out)
+    report = {"config": to_dict(cfg), "selected": len(keep), "pass_rates": rates}
+    out.with_suffix(".pass_rates.json").write_text(json.dumps(report, indent=1))
+    never, always = sum(p == 0 for p in rates.values()), sum(p == 1 for p in rates.values())
+    print(
+        f"[select] {len(rates)} questions × {cfg.n} samples: {never} never solved, {always} always, "
+        f"{len(keep)} kept ({cfg.min_pass} < pass rate < {cfg.max_pass}) -> {out}"
+    )
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    select(parse_config(SelectConfig, __doc__.splitlines()[0], None, argv))
+
+
+if __name__ == "__main__":
+    main()
