@@ -299,7 +299,7 @@ def sometimes_solved(sft_start, unseen_world, tmp_path_factory) -> tuple[Path, P
 
 
 LEARNING_RUN = {"questions": 16, "batch": 4, "samples": 8, "epochs": 4}  # 16 GRPO steps
-LEARNING_MARGIN = 0.08  # measured: learning runs gain 0.16-0.18, runs that cannot learn -0.01-0.01
+LEARNING_MARGIN = 0.04  # measured: learning runs gained 0.06-0.18, runs that cannot learn -0.01-0.01
 
 
 @pytest.mark.slow
@@ -307,9 +307,11 @@ def test_rl_from_sft_start_raises_reward(sometimes_solved, sft_start, tmp_path) 
     """GRPO from the SFT model on 16 questions it has not seen and solves only sometimes, four
     epochs, fixed seed. Each question's mean reward (EM shaped by format: 0.2 for a well-formed
     wrong answer) in the last epoch is compared with the first (``paired_gain``). The margin comes
-    from the measured spread (docs/benchmarks.md, RL, session 7): runs of this setting gained
-    +0.16 to +0.18, the same runs at lr 0 (which cannot learn) -0.01 to +0.01 with a standard
-    error of 0.03, so 0.08 is 2.5 of those above no learning and 0.08 below the least gain seen."""
+    from the measured spread (docs/benchmarks.md, RL, session 7): six runs of this setting gained
+    +0.06 to +0.18 (mean 0.147, SD 0.046) and four at lr 0, which cannot learn, -0.01 to +0.01
+    (SD 0.008; one run's own SE is 0.025-0.038). 0.04 lies between the two: a learning run falls
+    below it about 1% of the time, and a run that cannot learn passes it at most about 9% of the
+    time (by its SE; by the spread between runs, far less)."""
     train_files, index = sometimes_solved
     per_epoch = LEARNING_RUN["questions"] // LEARNING_RUN["batch"]
     run = train(

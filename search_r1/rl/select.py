@@ -2,7 +2,7 @@
 
 GRPO learns only from groups whose rewards differ. From the tiny SFT model, about a third of a
 practice world's questions are never solved and some always are, so their groups teach nothing;
-trained on questions it solves only sometimes, the same run gains three times as much (session 7,
+trained on questions it solves only sometimes, the same run gains more and more reliably (session 7,
 docs/benchmarks.md, RL). This pass samples each question ``n`` times with the start policy (the
 trainer's rollout, retriever and reward), and writes the rows whose pass rate (exact match) lies
 strictly between ``min_pass`` and ``max_pass`` to a parquet for ``data.train_files``, with every
