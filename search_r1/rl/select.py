@@ -33,10 +33,9 @@ from search_r1.agent.rollout import rollout
 from search_r1.config import parse_config, to_dict
 from search_r1.data.schema import read_parquet, uid_of
 from search_r1.paths import CONFIG_DIR, WORLD_DIR
-from search_r1.rewards import compute_score
 from search_r1.rl.config import DataConfig, RetrieverConfig
 from search_r1.rl.retriever import open_retriever
-from search_r1.rl.trainer import prompt_ids, train_rows
+from search_r1.rl.trainer import prompt_ids, score_rollout, train_rows
 
 
 @dataclass
@@ -86,15 +85,7 @@ def pass_rates(cfg: SelectConfig) -> dict[str, float]:
                 on_done=lambda *_: bar.update(),
             )
         )
-    em = [
-        compute_score(
-            row["data_source"],
-            tokenizer.decode(traj.response_ids, skip_special_tokens=True),
-            row["reward_model"]["ground_truth"],
-            row["extra_info"],
-        )["em"]
-        for row, traj in zip([r for r in rows for _ in range(cfg.n)], out.trajectories, strict=True)
-    ]
+    em = [s["em"] for s in score_rollout(tokenizer, rows, out.trajectories, cfg.n, {})]
     per_question = np.array(em).reshape(len(rows), cfg.n).mean(axis=1)
     return dict(zip(uids, per_question.tolist(), strict=True))
 

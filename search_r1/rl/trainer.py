@@ -77,6 +77,21 @@ def prompt_ids(tokenizer, rows: list[dict]) -> list[list[int]]:
     ]
 
 
+def score_rollout(tokenizer, rows: list[dict], trajectories: list, n: int, reward_kwargs: dict) -> list[dict]:
+    """``compute_score`` (the function verl calls) on each decoded response; the trajectories are
+    ``n`` consecutive samples per row, as the rollout returns them."""
+    return [
+        compute_score(
+            row["data_source"],
+            tokenizer.decode(traj.response_ids, skip_special_tokens=True),
+            row["reward_model"]["ground_truth"],
+            row["extra_info"],
+            **reward_kwargs,
+        )
+        for row, traj in zip([r for r in rows for _ in range(n)], trajectories, strict=True)
+    ]
+
+
 def load_models(cfg: PPOConfig, device: torch.device, dtype: torch.dtype):
     """Actor (LoRA or full), reference (None with LoRA: the adapter is disabled instead), critic (GAE only)."""
     mcfg = cfg.actor_rollout_ref.model
@@ -207,17 +222,9 @@ def train(cfg: PPOConfig, retriever: Retriever | None = None) -> Path:
             trajs = out.trajectories
             # ---- 2. reward: the same compute_score verl calls, on the decoded response only ------
             with timer(timing, "reward"):
-                rows_of = [rows[i] for i in idx for _ in range(r.n)]
-                scored = [
-                    compute_score(
-                        row["data_source"],
-                        tokenizer.decode(tr.response_ids, skip_special_tokens=True),
-                        row["reward_model"]["ground_truth"],
-                        row["extra_info"],
-                        **cfg.reward.reward_kwargs,
-                    )
-                    for row, tr in zip(rows_of, trajs, strict=True)
-                ]
+                scored = score_rollout(
+                    tokenizer, [rows[i] for i in idx], trajs, r.n, cfg.reward.reward_kwargs
+                )
             b = collate(trajs, pad_id).to(device)
             scores = torch.tensor([s["score"] for s in scored], dtype=torch.float32, device=device)
             # ---- 3. old / reference log-probs and values ----------------------------------------
