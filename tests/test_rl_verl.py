@@ -175,3 +175,60 @@ def test_agent_loop_in_verl_worker_returns_our_observation_mask(toy_dir, tmp_pat
     )
     loss.backward()
     assert torch.all(logp.grad[(m == 0)] == 0) and logp.grad[m > 0].abs().sum() > 0
+
+
+# Keys inside verl's free-form dicts: our reward variant, and sdpa for a node without flash-attn.
+REWARD_VARIANT = "+reward.custom_reward_function.reward_kwargs.reward=em_format"
+SDPA = (
+    "+actor_rollout_ref.model.override_config.attn_implementation=sdpa",
+    "+critic.model.override_config.attn_implementation=sdpa",
+)
+
+
+def test_free_form_overrides_pass_the_check_and_reach_verl(toy_dir, monkeypatch) -> None:
+    """The documented reward-variant and attention overrides pass ``check`` (and so verl's
+    ``validate_config``), and verl's own loaders see them: ``get_custom_reward_fn`` calls our reward
+    with ``reward=em_format`` and ``HFModelConfig`` loads the model config with sdpa attention."""
+    from verl.trainer.ppo.reward import get_custom_reward_fn
+    from verl.utils.config import omega_conf_to_dataclass
+
+    cfg = check(
+        "verl_ppo",
+        [f"actor_rollout_ref.model.path={toy_dir}", f"critic.model.path={toy_dir}", REWARD_VARIANT, *SDPA],
+    )
+    for model in (cfg.actor_rollout_ref.model, cfg.critic.model):
+        assert omega_conf_to_dataclass(model).hf_config._attn_implementation == "sdpa"
+
+    monkeypatch.chdir(REPO_ROOT)
+    fn = get_custom_reward_fn(cfg)
+    gold = {"target": ["Velmora"]}
+    # em_format gives a well-formed wrong answer the format score; plain em would give 0
+    wrong = fn(
+        data_source="world", solution_str="<think>t</think><answer> Zorland </answer>", ground_truth=gold
+    )
+    assert wrong["score"] == pytest.approx(0.2)
+
+
+def test_free_form_nodes_come_from_verl_defaults() -> None:
+    from search_r1.rl.verl_config import free_form_nodes, verl_defaults
+
+    free = free_form_nodes(verl_defaults())
+    assert {
+        "actor_rollout_ref.model.override_config",
+        "critic.model.override_config",
+        "actor_rollout_ref.rollout.engine_kwargs.vllm",
+        "reward.custom_reward_function.reward_kwargs",
+    } <= free
+    assert "actor_rollout_ref.actor" not in free and "actor_rollout_ref.model" not in free
+
+
+def test_misspelled_key_beside_a_free_form_dict_is_rejected(toy_dir) -> None:
+    """Only keys *inside* a free-form dict are free: a typo of the dict's own name still fails."""
+    with pytest.raises(ValueError, match=r"actor_rollout_ref\.model\.override_confg\.attn_implementation"):
+        check(
+            "verl_ppo",
+            [
+                f"actor_rollout_ref.model.path={toy_dir}",
+                "+actor_rollout_ref.model.override_confg.attn_implementation=sdpa",
+            ],
+        )

@@ -3,6 +3,11 @@
 ``check`` is what ``train_ppo.sh`` runs before launching verl, and what the tests assert on:
 every key we set must exist in verl's composed defaults (a misspelled key would otherwise be
 silently added by Hydra), and verl's own ``validate_config`` must accept the result.
+
+Some verl nodes are free-form dicts handed on as keyword arguments or config overrides
+(``actor_rollout_ref.model.override_config``, ``rollout.engine_kwargs.vllm``,
+``reward.custom_reward_function.reward_kwargs``, ...): any key below them is legitimate, so the
+check accepts keys there and rejects unknown keys everywhere else.
 """
 
 from __future__ import annotations
@@ -19,6 +24,10 @@ RL_CONFIG_DIR = CONFIG_DIR / "rl"
 # Our configs start from verl's ppo_trainer.yaml, which Hydra finds through this search path
 # (it can only be set from the primary config or the command line, so it is passed here).
 SEARCHPATH = "hydra.searchpath=[pkg://verl.trainer.config]"
+# Free-form dicts verl reads with ``.get(...)`` but does not declare in its defaults (the declared
+# ones are empty ``{}`` nodes there, found by ``free_form_nodes``):
+# verl.trainer.ppo.reward.get_custom_reward_fn passes reward_kwargs to the reward function.
+UNDECLARED_FREE_FORM = ("reward.custom_reward_function.reward_kwargs",)
 
 
 def compose_config(
@@ -42,10 +51,28 @@ def _leaves(node: object, prefix: str = "") -> Iterator[str]:
         yield prefix[:-1]
 
 
+def free_form_nodes(defaults: DictConfig) -> set[str]:
+    """Paths of verl's free-form dicts: the empty ``{}`` nodes of its defaults (kwargs and override
+    dicts such as ``*.model.override_config``) plus ``UNDECLARED_FREE_FORM``."""
+    return {k for k in _leaves(defaults) if _is_empty_dict(defaults, k)} | set(UNDECLARED_FREE_FORM)
+
+
+def _is_empty_dict(node: DictConfig, path: str) -> bool:
+    for key in path.split("."):
+        node = node._get_node(key)
+    return isinstance(node, DictConfig) and not node._is_none() and len(node) == 0
+
+
 def unknown_keys(cfg: DictConfig, defaults: DictConfig | None = None) -> list[str]:
-    """Keys of ``cfg`` that verl's composed defaults do not have (typos, renamed options)."""
+    """Keys of ``cfg`` that verl's composed defaults do not have (typos, renamed options); keys inside
+    a free-form dict (``free_form_nodes``) are never unknown."""
     defaults = defaults if defaults is not None else verl_defaults()
-    return [k for k in _leaves(cfg) if not _has(defaults, k)]
+    free = free_form_nodes(defaults)
+    return [
+        k
+        for k in _leaves(cfg)
+        if not _has(defaults, k) and not any(k == f or k.startswith(f + ".") for f in free)
+    ]
 
 
 def _has(node: DictConfig, path: str) -> bool:
