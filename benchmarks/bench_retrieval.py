@@ -167,6 +167,7 @@ def bench_http(cfg: BenchConfig, queries: list[str]) -> list[dict]:
                     f"index_dir={cfg.index_dir}",
                     f"backend={backend}",
                     f"batching.enabled={str(batching).lower()}",
+                    "cache_size=0",  # measure the search path: the load cycles over the questions
                 ]
             )
             try:

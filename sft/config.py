@@ -41,6 +41,10 @@ class GenerateConfig:
         default=32, metadata={"help": "questions in flight; each batch is appended in order"}
     )
     retriever_url: str = field(default="http://127.0.0.1:8000", metadata={"help": "retriever service"})
+    retriever_token: str | None = field(
+        default=None,
+        metadata={"help": "bearer token of the retriever service; null = env SEARCH_R1_RETRIEVER_TOKEN"},
+    )
     protocol: str = field(
         default=str(CONFIG_DIR / "agent" / "tiny.yaml"), metadata={"help": "ProtocolConfig YAML (same as RL)"}
     )

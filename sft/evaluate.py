@@ -17,8 +17,9 @@ from pathlib import Path
 from search_r1.agent.engines.base import SamplingParams
 from search_r1.agent.protocol import ProtocolConfig
 from search_r1.agent.rollout import rollout
-from search_r1.config import parse_config
+from search_r1.config import die, parse_config
 from search_r1.paths import CONFIG_DIR, WORLD_DIR
+from search_r1.retrieval.client import RetrieverAuthError
 from search_r1.rewards.metrics import exact_match
 from sft.generate import load_questions
 
@@ -30,6 +31,10 @@ class EvalConfig:
     split: str = field(default="test", metadata={"help": "world split"})
     max_questions: int = field(default=0, metadata={"help": "first N questions (0 = all)"})
     retriever_url: str = field(default="http://127.0.0.1:8000", metadata={"help": "retriever service"})
+    retriever_token: str | None = field(
+        default=None,
+        metadata={"help": "bearer token of the retriever service; null = env SEARCH_R1_RETRIEVER_TOKEN"},
+    )
     protocol: str = field(
         default=str(CONFIG_DIR / "agent" / "tiny.yaml"), metadata={"help": "ProtocolConfig YAML"}
     )
@@ -50,7 +55,7 @@ def evaluate(model: str, cfg: EvalConfig) -> dict[str, float]:
         tok.apply_chat_template(q.messages, add_generation_prompt=True, tokenize=True, return_dict=False)
         for q in qs
     ]
-    retriever = AsyncRetrieverClient(cfg.retriever_url, topk=protocol.topk)
+    retriever = AsyncRetrieverClient(cfg.retriever_url, topk=protocol.topk, token=cfg.retriever_token)
     batch = asyncio.run(
         rollout(
             engine,
@@ -73,7 +78,10 @@ def evaluate(model: str, cfg: EvalConfig) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(EvalConfig, "Greedy EM of models on a world split (quick SFT check).", None, argv)
-    results = {m: evaluate(m, cfg) for m in cfg.models}
+    try:
+        results = {m: evaluate(m, cfg) for m in cfg.models}
+    except RetrieverAuthError as exc:  # a configuration error: one line, not a traceback
+        die(str(exc))
     text = json.dumps({"split": cfg.split, "results": results}, indent=1)
     if cfg.out:
         Path(cfg.out).write_text(text)

@@ -36,7 +36,7 @@ from search_r1.agent.engines.base import Engine, SamplingParams
 from search_r1.agent.protocol import ProtocolConfig
 from search_r1.agent.rollout import Retriever, run_episode
 from search_r1.agent.trajectory import Trajectory
-from search_r1.config import parse_config
+from search_r1.config import die, parse_config
 from search_r1.data.schema import read_parquet, uid_of
 from search_r1.rewards.metrics import exact_match
 from sft.config import DEFAULT_CONFIG, SFTConfig, TeacherConfig
@@ -207,7 +207,9 @@ def generate_world(
     engine = make_teacher(cfg.teacher, tokenizer, world_dir)
 
     async def run() -> Path:
-        async with AsyncRetrieverClient(url, topk=protocol.topk) as retriever:
+        async with AsyncRetrieverClient(
+            url, topk=protocol.topk, token=cfg.generate.retriever_token
+        ) as retriever:
             return await generate(cfg, engine, tokenizer, retriever, questions, protocol, out=out)
 
     return asyncio.run(run())
@@ -215,6 +217,7 @@ def generate_world(
 
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(SFTConfig, "Generate teacher trajectories (resumable).", DEFAULT_CONFIG, argv)
+    from search_r1.retrieval.client import RetrieverAuthError
     from sft.practice import generate_practice
 
     tokenizer = AutoTokenizer.from_pretrained(cfg.model)
@@ -222,8 +225,11 @@ def main(argv: list[str] | None = None) -> None:
     world_dir = Path(cfg.world_dir)
     questions = load_questions(world_dir / f"{cfg.generate.split}.parquet", cfg.generate.max_questions)
     t0 = time.perf_counter()
-    paths = [generate_world(cfg, world_dir, cfg.generate.retriever_url, tokenizer, protocol, questions)]
-    paths += generate_practice(cfg, tokenizer, protocol)
+    try:
+        paths = [generate_world(cfg, world_dir, cfg.generate.retriever_url, tokenizer, protocol, questions)]
+        paths += generate_practice(cfg, tokenizer, protocol)
+    except RetrieverAuthError as exc:  # a configuration error: one line, not a traceback
+        die(str(exc))
     wall = round(time.perf_counter() - t0, 1)
     summary = {str(p): summarize(p) for p in paths} | {"wall_s": wall}
     print(f"[sft.generate] {len(paths)} trajectory file(s)\n{json.dumps(summary, indent=1)}")

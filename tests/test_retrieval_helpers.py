@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 from search_r1.data.corpus import Doc, make_contents, write_corpus
-from search_r1.retrieval.config import EncoderConfig
+from search_r1.retrieval.config import BuildConfig, EncoderConfig
 
 
 def minilm_dir() -> Path:
@@ -63,6 +63,21 @@ def make_tiny_cross_encoder(dst: Path, seed: int = 1) -> Path:
 
 def tiny_encoder_config(model_dir: Path) -> EncoderConfig:
     return EncoderConfig(model=str(model_dir), max_length=64, batch_size=128, device="cpu")
+
+
+def build_world_index(corpus: Path) -> Path:
+    """FAISS (tiny encoder) + bm25s index of the world corpus, built once and cached under outputs/;
+    the manifest (corpus fingerprint + settings) makes build_index rebuild only when the world or the
+    encoder changes, so every server test module shares one build."""
+    from search_r1.paths import INDEX_DIR
+    from search_r1.retrieval.build import build_index
+
+    root = INDEX_DIR / "test-world-tiny"
+    enc = root / "encoder"
+    if not (enc / "model.safetensors").exists():
+        make_tiny_encoder(enc)  # seeded: the same weights every time
+    cfg = BuildConfig(corpus=str(corpus), out_dir=str(root / "index"), encoder=tiny_encoder_config(enc))
+    return build_index(cfg)
 
 
 TOPICS = ["river", "mountain", "castle", "violin", "comet", "glacier", "harbor", "orchard"]

@@ -15,13 +15,17 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from test_retrieval_helpers import make_tiny_cross_encoder, make_tiny_encoder, read_jsonl, tiny_encoder_config
+from test_retrieval_helpers import (
+    build_world_index,
+    make_tiny_cross_encoder,
+    read_jsonl,
+    tiny_encoder_config,
+)
 
 from search_r1.data.corpus import iter_corpus
-from search_r1.paths import INDEX_DIR
-from search_r1.retrieval.build import build_index, read_manifest
+from search_r1.retrieval.build import read_manifest
 from search_r1.retrieval.client import AsyncRetrieverClient, RetrieverBadRequest, RetrieverClient
-from search_r1.retrieval.config import BatchingConfig, BuildConfig, RerankerConfig, ServerConfig
+from search_r1.retrieval.config import BatchingConfig, RerankerConfig, ServerConfig
 from search_r1.retrieval.encoder import Encoder
 from search_r1.retrieval.local import serve_in_thread
 from search_r1.retrieval.searchers import load_retriever
@@ -31,14 +35,7 @@ QUERIES = ["What is the capital of Thilfend?", "Abraham Lincoln emancipation", "
 
 @pytest.fixture(scope="module")
 def world_index(world) -> Path:
-    """Built once and cached under outputs/ like the other world fixtures; the manifest (corpus
-    fingerprint + settings) makes build_index rebuild only when the world or the encoder changes."""
-    root = INDEX_DIR / "test-world-tiny"
-    enc = root / "encoder"
-    if not (enc / "model.safetensors").exists():
-        make_tiny_encoder(enc)  # seeded: the same weights every time
-    cfg = BuildConfig(corpus=str(world.corpus), out_dir=str(root / "index"), encoder=tiny_encoder_config(enc))
-    return build_index(cfg)
+    return build_world_index(world.corpus)
 
 
 @pytest.fixture(scope="module")

@@ -37,10 +37,11 @@ from search_r1.agent.protocol import (
     with_final_turn_note,
 )
 from search_r1.agent.trajectory import Trajectory, Turn
-from search_r1.retrieval.client import RetrieverError
+from search_r1.retrieval.client import RetrieverAuthError, RetrieverError
 
 # What counts as "the search failed" (an observation, not a crash): the client's typed errors, plus
-# the transport errors any other retriever implementation may raise.
+# the transport errors any other retriever implementation may raise. A refused token
+# (RetrieverAuthError) is not among them: it is re-raised, see ``_search``.
 RETRIEVAL_ERRORS = (RetrieverError, TimeoutError, OSError)
 
 
@@ -136,6 +137,10 @@ async def _search(
         raise ValueError("a search action needs a retriever (max_turns > 0)")
     try:
         docs = (await retriever.retrieve([query], topk=cfg.topk))[0]
+    except RetrieverAuthError:
+        # A wrong or missing token fails every search of the run: as observations it would quietly
+        # score a whole evaluation or RL step as failed searches, so the stage stops with the message.
+        raise
     except RETRIEVAL_ERRORS as exc:
         turn.retrieval_failed = True
         turn.error = type(exc).__name__

@@ -76,6 +76,10 @@ class EvalConfig:
     mode: str = field(default="search", metadata={"help": "search | direct | rag"})
     retriever_url: str = field(default="http://127.0.0.1:8000", metadata={"help": "retrieval server"})
     retriever_timeout: float = field(default=30.0, metadata={"help": "seconds per retrieval request"})
+    retriever_token: str | None = field(
+        default=None,
+        metadata={"help": "bearer token of the retrieval server; null = env SEARCH_R1_RETRIEVER_TOKEN"},
+    )
     engine: EngineConfig = field(default_factory=EngineConfig)
     agent: ProtocolConfig = field(default_factory=ProtocolConfig)
     direct_template: str = field(default="direct", metadata={"help": "prompt template of mode=direct"})
@@ -165,7 +169,7 @@ async def evaluate(cfg: EvalConfig) -> Path:
         from search_r1.retrieval.client import AsyncRetrieverClient, RetrieverError
 
         retriever = AsyncRetrieverClient(
-            cfg.retriever_url, topk=cfg.agent.topk, timeout=cfg.retriever_timeout
+            cfg.retriever_url, topk=cfg.agent.topk, timeout=cfg.retriever_timeout, token=cfg.retriever_token
         )
         try:
             await retriever.health()
@@ -268,14 +272,18 @@ def _log_wandb(cfg: EvalConfig, name: str, results: dict, predictions: list[dict
 
 
 def main(argv: list[str] | None = None) -> None:
-    from search_r1.config import parse_config
+    from search_r1.config import die, parse_config
     from search_r1.paths import CONFIG_DIR
+    from search_r1.retrieval.client import RetrieverAuthError
 
     description = (
         "Evaluate a search agent or a baseline (merge runs: python -m search_r1.eval compare --help)."
     )
     cfg = parse_config(EvalConfig, description, CONFIG_DIR / "eval" / "default.yaml", argv)
-    out = asyncio.run(evaluate(cfg))
+    try:
+        out = asyncio.run(evaluate(cfg))
+    except RetrieverAuthError as exc:  # a configuration error: one line, not a traceback
+        die(str(exc))
     overall = json.loads((out / "results.json").read_text())["metrics"]["overall"]
     print(
         f"[eval] {overall['n']} examples  EM {overall['em']:.4f}  F1 {overall['f1']:.4f}  "

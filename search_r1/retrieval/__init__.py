@@ -9,6 +9,7 @@ Importing this package loads nothing heavy.
 from search_r1.retrieval.client import (
     AsyncRetrieverClient,
     Passage,
+    RetrieverAuthError,
     RetrieverBadRequest,
     RetrieverClient,
     RetrieverError,
@@ -19,6 +20,7 @@ from search_r1.retrieval.client import (
 __all__ = [
     "AsyncRetrieverClient",
     "Passage",
+    "RetrieverAuthError",
     "RetrieverBadRequest",
     "RetrieverClient",
     "RetrieverError",

@@ -166,8 +166,6 @@ def import_faiss_index(corpus: Path, faiss_file: Path, out_dir: Path, encoder: E
 
     The FAISS file is hard-linked (or moved) into ``out_dir/dense``; rows must be in corpus order.
     """
-    import faiss
-
     from search_r1.retrieval import dense
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -180,7 +178,7 @@ def import_faiss_index(corpus: Path, faiss_file: Path, out_dir: Path, encoder: E
             target.hardlink_to(faiss_file)
         except OSError:
             faiss_file.replace(target)
-    index = faiss.read_index(str(target), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+    index = dense.read_faiss_index(target)  # memory-mapped: only ntotal and d are needed here
     if index.ntotal != n:
         raise ValueError(f"{faiss_file} holds {index.ntotal} vectors but the corpus has {n} rows")
     settings = {"encoder": asdict(encoder), "factory": "prebuilt", "dtype": "float32"}

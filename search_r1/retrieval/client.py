@@ -5,7 +5,12 @@ retriever hung or crashed a training step. Here every request has a timeout, tra
 (connection errors, timeouts, 5xx, 429) are retried a bounded number of times with exponential
 backoff and jitter, and what is left surfaces as a typed :class:`RetrieverError` — never a hang.
 4xx answers mean the request itself is wrong, so they are raised at once as
-:class:`RetrieverBadRequest`.
+:class:`RetrieverBadRequest`; 401/403 as its subclass :class:`RetrieverAuthError`, which callers
+let through instead of turning it into a failed-search observation (a wrong token would otherwise
+quietly score every search of a run as failed).
+
+The bearer token is the ``token`` argument, else the environment variable named by
+:data:`TOKEN_ENV`, the same variable the server reads, so one exported variable configures both ends.
 
 :class:`AsyncRetrieverClient` is the implementation (httpx, pooled connections);
 :class:`RetrieverClient` is a sync wrapper that runs it on a private event-loop thread, so it also
@@ -15,6 +20,7 @@ works when the caller is itself inside a running event loop (notebooks, Ray acto
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import threading
 from collections.abc import Coroutine
@@ -28,6 +34,10 @@ from search_r1.data.corpus import split_contents
 T = TypeVar("T")
 
 _RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+_AUTH_STATUS = frozenset({401, 403})
+
+TOKEN_ENV = "SEARCH_R1_RETRIEVER_TOKEN"
+"""Environment variable holding the bearer token (read by the server and by every client)."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +76,18 @@ class RetrieverBadRequest(RetrieverError):
         super().__init__(f"HTTP {status}: {message}")
         self.status = status
         self.message = message
+
+
+class RetrieverAuthError(RetrieverBadRequest):
+    """The server refused the bearer token (401/403): a configuration error, not a failed search."""
+
+    def __init__(self, status: int, message: str, url: str):
+        super().__init__(status, message)
+        self.url = url
+        self.args = (
+            f"retriever at {url} refused the request (HTTP {status}: {message}); set the server's token "
+            f"in the config (retriever_token=..., retriever.token=... in RL configs) or export {TOKEN_ENV}",
+        )
 
 
 def _error_message(response: httpx.Response) -> str:
@@ -113,6 +135,8 @@ class AsyncRetrieverClient:
         token: str | None = None,
         max_connections: int = 64,
     ):
+        """``token``: bearer token sent on every request; None (or empty) = ``$SEARCH_R1_RETRIEVER_TOKEN``,
+        and no Authorization header when that is unset too."""
         if topk < 1:
             raise ValueError("topk must be >= 1")
         if max_retries < 0:
@@ -122,6 +146,7 @@ class AsyncRetrieverClient:
         self.timeout = timeout
         self.max_retries = max_retries
         self.backoff = backoff
+        token = token or os.environ.get(TOKEN_ENV) or None
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.AsyncClient(
             base_url=self.url,
@@ -170,6 +195,8 @@ class AsyncRetrieverClient:
                     f"retriever at {self.url} answered HTTP {response.status_code}: {_error_message(response)}"
                 )
                 continue
+            if response.status_code in _AUTH_STATUS:
+                raise RetrieverAuthError(response.status_code, _error_message(response), self.url)
             if 400 <= response.status_code < 500:
                 raise RetrieverBadRequest(response.status_code, _error_message(response))
             if response.status_code >= 300:

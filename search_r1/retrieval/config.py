@@ -94,6 +94,13 @@ class ServerConfig:
     max_query_chars: int = field(default=4096, metadata={"help": "longest query string (characters)"})
     max_body_bytes: int = field(default=8 * 1024 * 1024, metadata={"help": "largest request body"})
     batching: BatchingConfig = field(default_factory=BatchingConfig)
+    cache_size: int = field(
+        default=65536,
+        metadata={
+            "help": "LRU cache of (query, topk) -> passages in entries (a GRPO step repeats each query n "
+            "times); 0 = off"
+        },
+    )
     reranker: RerankerConfig = field(default_factory=RerankerConfig)
     rrf_k: int = field(default=60, metadata={"help": "hybrid: reciprocal-rank-fusion constant"})
     hybrid_candidates: int = field(

@@ -2,8 +2,9 @@
 
 The request body is parsed by hand rather than by FastAPI's model binding so that every kind of bad
 input (oversized body, non-UTF-8 bytes, invalid JSON, wrong types, limits) gets a precise 4xx JSON
-error ``{"error": message, "status": code}`` and never reaches the search worker. Searches run on a
-single worker thread, either micro-batched (default) or one request at a time.
+error ``{"error": message, "status": code}`` and never reaches the search worker. Each query is
+first looked up in an LRU cache of ``(query, k) -> hits`` (``cache_size``; :mod:`.cache`), and only the
+misses are searched, on a single worker thread, either micro-batched (default) or one request at a time.
 
 Run: ``python -m search_r1.retrieval.server [--config FILE] key=value ...`` (or retrieval_launch.sh).
 """
@@ -25,6 +26,8 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from search_r1.retrieval.batching import MicroBatcher
+from search_r1.retrieval.cache import HitCache
+from search_r1.retrieval.client import TOKEN_ENV
 from search_r1.retrieval.config import ServerConfig
 from search_r1.retrieval.hits import Hit
 
@@ -32,8 +35,6 @@ if TYPE_CHECKING:
     from search_r1.retrieval.searchers import Retriever
 
 log = logging.getLogger(__name__)
-
-TOKEN_ENV = "SEARCH_R1_RETRIEVER_TOKEN"
 
 
 class BadRequest(Exception):
@@ -140,7 +141,18 @@ async def read_body(request: Request, limit: int) -> bytes:
 def create_app(cfg: ServerConfig, retriever: Retriever) -> FastAPI:
     """The ASGI app over an opened retriever (tests and benchmarks build it the same way)."""
     token = cfg.token or os.environ.get(TOKEN_ENV) or None
+    if cfg.cache_size < 0:
+        raise ValueError(f"cache_size must be >= 0 (0 = off), got {cfg.cache_size}")
+    cache = HitCache(cfg.cache_size) if cfg.cache_size else None
     state: dict[str, Any] = {}
+
+    async def search(queries: list[str], k: int) -> list[list[Hit]]:
+        batcher: MicroBatcher | None = state["batcher"]
+        if batcher is not None:
+            return await batcher.submit(queries, k)
+        return await asyncio.get_running_loop().run_in_executor(
+            state["executor"], retriever.retrieve, queries, k
+        )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -219,14 +231,8 @@ def create_app(cfg: ServerConfig, retriever: Retriever) -> FastAPI:
         queries, k, return_scores = parse_request(await read_body(request, cfg.max_body_bytes), cfg)
         if not queries:
             return json_response({"result": []})
-        batcher: MicroBatcher | None = state["batcher"]
         try:
-            if batcher is not None:
-                hits = await batcher.submit(queries, k)
-            else:
-                hits = await asyncio.get_running_loop().run_in_executor(
-                    state["executor"], retriever.retrieve, queries, k
-                )
+            hits = await (cache.retrieve(queries, k, search) if cache is not None else search(queries, k))
         except (
             Exception
         ) as exc:  # answered here: Starlette's last-resort handler re-raises and drops the connection
@@ -259,6 +265,7 @@ def create_app(cfg: ServerConfig, retriever: Retriever) -> FastAPI:
                     "max_query_chars": cfg.max_query_chars,
                     "max_body_bytes": cfg.max_body_bytes,
                 },
+                "cache": {"enabled": cache is not None, **(cache.stats() if cache is not None else {})},
                 "auth": token is not None,
             }
         )
@@ -286,9 +293,9 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(cfg.torch_threads)  # process-wide: this process is the server
     try:
         retriever = load_retriever(cfg)
+        app = create_app(cfg, retriever)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         die(str(exc))
-    app = create_app(cfg, retriever)
     host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
     print(
         f"serving {retriever.backend} ({retriever.where}, {retriever.n_docs} passages) on "

@@ -121,6 +121,10 @@ class RetrieverConfig:
     index_dir: str = _f(str(INDEX_DIR / "world"), "index to serve in-process when url is null")
     backend: str = _f("dense", "in-process backend: dense | bm25 | hybrid (as the SFT data's retriever)")
     timeout_s: float = _f(10.0, "per-request timeout of the client")
+    token: str | None = _f(
+        None,
+        "bearer token of the server (also required by the in-process one); null = env SEARCH_R1_RETRIEVER_TOKEN",
+    )
 
 
 @dataclass

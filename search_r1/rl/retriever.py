@@ -1,7 +1,8 @@
 """The retriever the single-machine trainer talks to: a URL, or the index served in-process.
 
 Either way the rollout goes through the real HTTP client (timeouts, retries, typed errors), so a
-retriever outage during a step becomes failure observations, never a crashed step.
+retriever outage during a step becomes failure observations, never a crashed step (a refused token
+is the exception: it stops the run, see ``search_r1.agent.rollout._search``).
 """
 
 from __future__ import annotations
@@ -30,14 +31,14 @@ def open_retriever(
             from search_r1.retrieval.local import serve_in_thread
             from search_r1.retrieval.searchers import load_retriever
 
-            server_cfg = ServerConfig(index_dir=cfg.index_dir, backend=cfg.backend, port=0)
+            server_cfg = ServerConfig(index_dir=cfg.index_dir, backend=cfg.backend, port=0, token=cfg.token)
             url = stack.enter_context(serve_in_thread(server_cfg, load_retriever(server_cfg)))
-        client = runner.run(_make_client(url, cfg.timeout_s))
+        client = runner.run(_make_client(url, cfg.timeout_s, cfg.token))
         try:
             yield client
         finally:
             runner.run(client.aclose())
 
 
-async def _make_client(url: str, timeout: float) -> AsyncRetrieverClient:
-    return AsyncRetrieverClient(url, timeout=timeout)
+async def _make_client(url: str, timeout: float, token: str | None) -> AsyncRetrieverClient:
+    return AsyncRetrieverClient(url, timeout=timeout, token=token)

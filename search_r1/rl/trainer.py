@@ -38,6 +38,7 @@ from search_r1.agent.rollout import Retriever, rollout
 from search_r1.config import build_parser, load_config, to_dict
 from search_r1.data.schema import read_parquet, uid_of
 from search_r1.paths import CONFIG_DIR
+from search_r1.retrieval.client import RetrieverAuthError
 from search_r1.rewards import compute_score
 from search_r1.rl.algos import compute_advantages, policy_loss_config
 from search_r1.rl.batch import Batch, collate, place_outcome_reward
@@ -491,7 +492,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         cfg = load_config(PPOConfig, args.config, overrides)
     except Exception as exc:  # OmegaConf raises several types; all are user errors here
         parser.exit(2, f"{parser.prog}: error: invalid config: {exc}\n")
-    print(f"[ppo] run folder: {train(cfg)}", file=sys.stderr)
+    try:
+        run_dir = train(cfg)
+    except RetrieverAuthError as exc:  # a configuration error: one line, not a traceback
+        parser.exit(1, f"{parser.prog}: error: {exc}\n")
+    print(f"[ppo] run folder: {run_dir}", file=sys.stderr)
 
 
 if __name__ == "__main__":
