@@ -6,6 +6,12 @@ LLaMA-Factory looks templates up in a Python registry; ``llamafactory-cli`` runs
 that has never heard of ours, so this launcher registers ``search_r1`` (``sft.template``) and then
 calls LLaMA-Factory's own ``run_exp``/``export_model`` with the preset's arguments.
 
+Several GPUs: LLaMA-Factory trains on more than one visible GPU only as a distributed launch
+("Please launch distributed training"), so with more than one GPU (``CUDA_VISIBLE_DEVICES`` picks
+them) this launcher re-runs itself under torchrun, one rank per GPU; every rank registers the template
+and calls ``run_exp``. The merge runs once, in this (non-distributed) process after torchrun returns.
+Launched by hand under torchrun (e.g. several nodes), training runs in place and rank 0 merges.
+
 Resume: LLaMA-Factory continues from the newest ``checkpoint-*`` in the adapter folder when
 ``overwrite_output_dir`` is false (our default), so rerunning after a crash picks up where it stopped.
 The merged model goes to ``<run_dir>/merged`` (safetensors + tokenizer with its original chat
@@ -14,7 +20,11 @@ template): the path ``train_ppo.sh`` and ``eval.sh`` take.
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -79,10 +89,31 @@ def merge(cfg: SFTConfig) -> Path:
     return cfg.merged_dir
 
 
+def torchrun_command(argv: Sequence[str], gpus: int, env: Mapping[str, str]) -> list[str] | None:
+    """The command that re-runs ``sft.train`` with ``argv`` under torchrun, one rank per GPU, or None
+    when this process trains itself: at most one GPU, or already a rank of a distributed launch.
+
+    The ranks get ``merge=false``: the merge is one process's job, done after they all finish.
+    """
+    if gpus <= 1 or "WORLD_SIZE" in env or "LOCAL_RANK" in env:
+        return None
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}"]
+    return [*launcher, "-m", "sft.train", *argv, "merge=false"]
+
+
 def main(argv: list[str] | None = None) -> None:
+    import torch
+
+    argv = list(sys.argv[1:] if argv is None else argv)
     cfg = parse_config(SFTConfig, "LoRA SFT with LLaMA-Factory, then merge.", DEFAULT_CONFIG, argv)
-    train(cfg)
-    if cfg.merge:
+    command = torchrun_command(argv, torch.cuda.device_count(), os.environ)
+    if command is None:
+        train(cfg)
+    else:
+        print(f"[sft.train] {torch.cuda.device_count()} GPUs: {' '.join(command)}", flush=True)
+        if (code := subprocess.run(command, check=False).returncode) != 0:
+            raise SystemExit(code)
+    if cfg.merge and int(os.environ.get("RANK", "0")) == 0:
         print(f"[sft.train] merged model: {merge(cfg)}")
 
 
