@@ -15,11 +15,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from agent_fixtures import QUESTION, TOY_CFG, MemoryRetriever, toy_model, toy_tokenizer  # noqa: E402
 
-from search_r1.agent.engines.base import SamplingParams  # noqa: E402
 from search_r1.agent.engines.hf import HFEngine  # noqa: E402
 from search_r1.agent.protocol import INFO_OPEN, STOP_STRINGS  # noqa: E402
 from search_r1.paths import REPO_ROOT  # noqa: E402
 from search_r1.rl.verl_config import check, compose_config  # noqa: E402
+from search_r1.rl.verl_rehearsal import InProcessServerManager  # noqa: E402
 
 CONFIGS = ("verl_ppo", "verl_grpo", "qwen2.5-3b_nq_ppo")
 
@@ -69,31 +69,6 @@ def test_verl_loads_our_reward_function(monkeypatch) -> None:
     assert right["score"] == 1.0 and right["em"] == 1.0 and wrong["score"] == 0.0
 
 
-class InProcessServerManager:
-    """verl's ``LLMServerClient.generate`` contract over the HF engine: vLLM-style sampling params in,
-    ``TokenOutput`` out (ids cut at the first stop string, the stop string included)."""
-
-    def __init__(self, engine: HFEngine):
-        self.engine, self.requests = engine, []
-
-    async def generate(self, request_id, *, prompt_ids, sampling_params, **kwargs):
-        from verl.workers.rollout.replica import TokenOutput
-
-        self.requests.append(dict(sampling_params))
-        res = await self.engine.generate(
-            prompt_ids,
-            SamplingParams(
-                max_new_tokens=sampling_params["max_tokens"],
-                temperature=sampling_params["temperature"],
-                top_p=sampling_params["top_p"],
-                top_k=max(sampling_params["top_k"], 0),
-                stop=sampling_params.get("stop", []),
-                logprobs=sampling_params["logprobs"],
-            ),
-        )
-        return TokenOutput(token_ids=res.token_ids, log_probs=res.logprobs, stop_reason="completed")
-
-
 def test_agent_loop_in_verl_worker_returns_our_observation_mask(toy_dir, tmp_path, monkeypatch) -> None:
     from verl.experimental.agent_loop.agent_loop import AgentLoopWorker
     from verl.protocol import DataProto
@@ -115,7 +90,7 @@ def test_agent_loop_in_verl_worker_returns_our_observation_mask(toy_dir, tmp_pat
         f"  protocol_overrides: {overrides}\n"
     )
     retriever = MemoryRetriever()
-    monkeypatch.setattr(agent_loop, "_client", lambda url, timeout_s: retriever)
+    monkeypatch.setattr(agent_loop, "_client", lambda *args: retriever)
     cfg = compose_config(
         "verl_ppo",
         [
@@ -232,3 +207,100 @@ def test_misspelled_key_beside_a_free_form_dict_is_rejected(toy_dir) -> None:
                 "+actor_rollout_ref.model.override_confg.attn_implementation=sdpa",
             ],
         )
+
+
+def _scored_batch(toy_dir: Path, tmp_path: Path, monkeypatch, retriever, name: str, n: int = 2):
+    """The trainer's batch after generation (verl_rehearsal.generate: verl's AgentLoopWorker scoring
+    through verl's RewardLoopWorker, in process, with our compute_score)."""
+    from verl.protocol import DataProto
+
+    import search_r1.rl.agent_loop as agent_loop
+    from search_r1.rl.verl_rehearsal import generate
+
+    loops = tmp_path / "agent_loops.yaml"
+    overrides = [f"max_turns={TOY_CFG.max_turns}", f"topk={TOY_CFG.topk}", "max_response_tokens=400"]
+    loops.write_text(
+        f"- name: search_r1_agent\n  _target_: search_r1.rl.agent_loop.SearchAgentLoop\n"
+        f"  retriever_url: http://127.0.0.1:1\n  protocol: configs/agent/tiny.yaml\n"
+        f"  protocol_overrides: {overrides}\n"
+    )
+    monkeypatch.setattr(agent_loop, "_client", lambda *args: retriever)
+    monkeypatch.chdir(REPO_ROOT)  # verl resolves custom_reward_function.path from the working directory
+    cfg = compose_config(
+        name,
+        [
+            f"actor_rollout_ref.model.path={toy_dir}",
+            f"actor_rollout_ref.rollout.agent.agent_loop_config_path={loops}",
+            "data.max_prompt_length=128",
+            "data.max_response_length=512",
+            "actor_rollout_ref.rollout.temperature=0",
+            "actor_rollout_ref.rollout.n=1",
+        ],
+    )
+    from transformers import AutoModelForCausalLM
+
+    manager = InProcessServerManager(HFEngine(AutoModelForCausalLM.from_pretrained(toy_dir), toy_tokenizer()))
+    batch = DataProto.from_dict(
+        tensors={"dummy_tensor": torch.zeros(n, 1, dtype=torch.uint8)},  # as verl's dataset gives it
+        non_tensors={
+            "raw_prompt": np.array([[{"role": "user", "content": QUESTION}]] * n, dtype=object),
+            "data_source": np.array(["world"] * n, dtype=object),
+            "reward_model": np.array(
+                [{"style": "rule", "ground_truth": {"target": ["Velmora"]}}] * n, dtype=object
+            ),
+            "extra_info": np.array([{"uid": f"world-train-{i}"} for i in range(n)], dtype=object),
+            "index": np.arange(n),
+            "uid": np.array([f"u{i}" for i in range(n)], dtype=object),
+        },
+    )
+
+    return cfg, asyncio.run(generate(cfg, manager, batch))
+
+
+@pytest.mark.parametrize("name", ["verl_ppo", "verl_grpo"])
+def test_step_metrics_carry_searches_failures_invalid_and_answer_rate(
+    toy_dir, tmp_path, monkeypatch, name
+) -> None:
+    """verl's own metric code on the scored batch: searches, retrieval failures, invalid actions and the
+    answer rate are in the validation metrics (from compute_score's dict), searches in V0's training
+    metrics (tool_call_counts); the reward is the training step's critic/score."""
+    from search_r1.rl.verl_rehearsal import step_metrics
+
+    cfg, batch = _scored_batch(toy_dir, tmp_path, monkeypatch, MemoryRetriever(), name)
+    m = step_metrics(cfg, batch)
+    assert m["val"]["val-aux/world/searches/mean@1"] == 1.0
+    assert m["val"]["val-aux/world/retrieval_failures/mean@1"] == 0.0
+    assert m["val"]["val-aux/world/invalid_actions/mean@1"] == 0.0
+    assert m["val"]["val-aux/world/has_answer/mean@1"] == 1.0
+    assert m["val"]["val-core/world/reward/mean@1"] == 1.0 == m["train"]["critic/score/mean"]
+    assert m["train"]["tool_call_counts/mean"] == 1.0
+    assert batch.non_tensor_batch["min_global_steps"].tolist() == [None, None]  # the stand-in reports none
+
+
+def test_retriever_outage_shows_in_step_metrics(toy_dir, tmp_path, monkeypatch) -> None:
+    from search_r1.retrieval.client import RetrieverUnavailable
+    from search_r1.rl.verl_rehearsal import step_metrics
+
+    down = MemoryRetriever(fail_with=RetrieverUnavailable("connection refused"))
+    cfg, batch = _scored_batch(toy_dir, tmp_path, monkeypatch, down, "verl_ppo")
+    m = step_metrics(cfg, batch)["val"]
+    assert m["val-aux/world/retrieval_failures/mean@1"] == m["val-aux/world/searches/mean@1"] > 0
+    assert down.calls == int(batch.non_tensor_batch["retrieval_failures"].sum())
+
+
+def test_agent_loop_passes_the_retriever_token_and_keys_clients_by_it(monkeypatch) -> None:
+    import search_r1.rl.agent_loop as agent_loop
+
+    monkeypatch.setenv("SEARCH_R1_RETRIEVER_TOKEN", "from-env")
+
+    async def clients():
+        return (
+            agent_loop._client("http://127.0.0.1:1", 5.0, "secret"),
+            agent_loop._client("http://127.0.0.1:1", 5.0, None),
+            agent_loop._client("http://127.0.0.1:1", 5.0, "secret"),
+        )
+
+    given, env, again = asyncio.run(clients())
+    assert given is again and given is not env
+    headers = [c._http.headers.get("authorization") for c in (given, env)]
+    assert headers == ["Bearer secret", "Bearer from-env"]

@@ -7,6 +7,10 @@ the prompt's example answer). Point verl at it with::
     custom_reward_function.path=search_r1/rewards/score.py custom_reward_function.name=compute_score
 
 and pick a reward with ``custom_reward_function.reward_kwargs.reward=em_format``.
+
+Under verl, ``extra_info`` also carries our agent loop's episode counts (verl's reward loop merges the
+loop's ``extra_fields`` into it); ``compute_score`` returns them with the metrics, because the dict it
+returns is the only per-sample data verl turns into logged metrics (docs/rl.md, "Step metrics").
 """
 
 from __future__ import annotations
@@ -19,6 +23,9 @@ from search_r1.rewards.format import is_valid_format
 from search_r1.rewards.metrics import cover_exact_match, exact_match, rouge_l, token_f1
 
 RewardFn = Callable[..., float]
+
+ROLLOUT_COUNTS = ("searches", "retrieval_failures", "invalid_actions")
+"""Episode counts :class:`search_r1.rl.agent_loop.SearchAgentLoop` puts in ``extra_fields``."""
 REWARDS: dict[str, RewardFn] = {}
 
 
@@ -78,11 +85,13 @@ def compute_score(
     format_score: float = 0.2,
     require_think: bool = True,
 ) -> dict[str, float]:
-    """Score one response: ``score`` (the named reward) plus every metric, all floats."""
+    """Score one response: ``score`` (the named reward) plus every metric, all floats; plus the
+    :data:`ROLLOUT_COUNTS` that ``extra_info`` holds (verl passes them from the agent loop)."""
     metrics = answer_metrics(final_answer(solution_str), golds_of(ground_truth))
     metrics["format_valid"] = float(is_valid_format(solution_str, require_think))
     try:
         fn = REWARDS[reward]
     except KeyError:
         raise ValueError(f"unknown reward {reward!r}; choose from {sorted(REWARDS)}") from None
-    return {"score": fn(metrics, format_score=format_score), **metrics}
+    counts = {k: float(extra_info[k]) for k in ROLLOUT_COUNTS if extra_info and extra_info.get(k) is not None}
+    return {"score": fn(metrics, format_score=format_score), **metrics, **counts}

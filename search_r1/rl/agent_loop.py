@@ -7,6 +7,10 @@ prompt with verl's own tokenisation path, runs :func:`search_r1.agent.rollout.ru
 episode code as the single-machine trainer and evaluation — and returns the token ids with *our*
 observation mask as ``response_mask`` (1 = policy, 0 = retrieved text), so verl's losses skip the
 observations. The reward is computed afterwards by verl's reward loop with our ``compute_score``.
+
+The episode's counts (``searches``, ``retrieval_failures``, ``invalid_actions``) travel in
+``extra_fields``; verl's reward loop hands them to ``compute_score`` as ``extra_info``, which returns
+them next to the reward so verl logs them (docs/rl.md, "Step metrics").
 """
 
 from __future__ import annotations
@@ -40,6 +44,10 @@ class ServerManagerEngine:
         self.request_id = request_id  # one id per episode: sticky routing keeps its prefix cache warm
         eos = tokenizer.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos])
+        # Weight versions the episode was generated with (the server reports them per call). verl's V1
+        # trainer reads them from extra_fields for its staleness metrics and fails without them.
+        self.min_global_steps: int | None = None
+        self.max_global_steps: int | None = None
 
     async def generate(self, prompt_ids: list[int], sampling: SamplingParams) -> GenerationResult:
         params = {
@@ -54,6 +62,10 @@ class ServerManagerEngine:
         out = await self.server_manager.generate(
             request_id=self.request_id, prompt_ids=prompt_ids, sampling_params=params
         )
+        fields = out.extra_fields or {}
+        if self.min_global_steps is None:
+            self.min_global_steps = fields.get("min_global_steps")
+        self.max_global_steps = fields.get("max_global_steps", self.max_global_steps)
         ids = list(out.token_ids)
         text = self.tokenizer.decode(ids, skip_special_tokens=False)
         found = [s for s in sampling.stop if s in text]
@@ -66,14 +78,15 @@ class ServerManagerEngine:
         return GenerationResult(ids, reason, list(out.log_probs) if out.log_probs else None, stop)
 
 
-_clients: dict[tuple[str, int], AsyncRetrieverClient] = {}
+_clients: dict[tuple[str, float, str | None, int], AsyncRetrieverClient] = {}
 
 
-def _client(url: str, timeout_s: float) -> AsyncRetrieverClient:
-    """One pooled client per URL and event loop (agent loops are instantiated per sample)."""
-    key = (url, id(asyncio.get_running_loop()))
+def _client(url: str, timeout_s: float, token: str | None = None) -> AsyncRetrieverClient:
+    """One pooled client per URL, timeout, token and event loop (agent loops are instantiated per
+    sample). ``token=None`` lets the client read ``SEARCH_R1_RETRIEVER_TOKEN`` itself."""
+    key = (url, timeout_s, token, id(asyncio.get_running_loop()))
     if key not in _clients:
-        _clients[key] = AsyncRetrieverClient(url, timeout=timeout_s)
+        _clients[key] = AsyncRetrieverClient(url, timeout=timeout_s, token=token)
     return _clients[key]
 
 
@@ -84,13 +97,18 @@ def _resolve(path: str) -> Path:
 
 @register(AGENT_NAME)
 class SearchAgentLoop(AgentLoopBase):
-    """Multi-turn search episode (DESIGN §4) as a verl agent loop."""
+    """Multi-turn search episode (DESIGN §4) as a verl agent loop.
+
+    ``retriever_token`` is the retriever's bearer token; None (the default) leaves it to the client,
+    which reads ``SEARCH_R1_RETRIEVER_TOKEN``, so a secret need not be written into the yaml.
+    """
 
     def __init__(
         self,
         *args: Any,
         retriever_url: str = "http://127.0.0.1:8000",
         retriever_timeout_s: float = 10.0,
+        retriever_token: str | None = None,
         protocol: str = "configs/agent/default.yaml",
         protocol_overrides: list[str] | None = None,
         **kwargs: Any,
@@ -98,6 +116,7 @@ class SearchAgentLoop(AgentLoopBase):
         super().__init__(*args, **kwargs)
         self.retriever_url = retriever_url
         self.retriever_timeout_s = retriever_timeout_s
+        self.retriever_token = retriever_token
         self.protocol = ProtocolConfig.from_yaml(_resolve(protocol), list(protocol_overrides or []))
         self.response_length = self.rollout_config.response_length
 
@@ -110,7 +129,7 @@ class SearchAgentLoop(AgentLoopBase):
             logprobs=bool(sampling_params.get("logprobs", False)),
         )
         engine = ServerManagerEngine(self.server_manager, self.tokenizer, uuid4().hex)
-        retriever = _client(self.retriever_url, self.retriever_timeout_s)
+        retriever = _client(self.retriever_url, self.retriever_timeout_s, self.retriever_token)
         uid = str((kwargs.get("extra_info") or {}).get("uid", kwargs.get("index", "")))
         traj = await run_episode(
             engine, self.tokenizer, retriever, prompt_ids, self.protocol, sampling, uid=uid
@@ -133,5 +152,10 @@ class SearchAgentLoop(AgentLoopBase):
                 "invalid_actions": traj.num_invalid,
                 "retrieval_failures": traj.num_retrieval_failures,
                 "finish_reason": traj.finish_reason,
+                # verl's name for tool calls per trajectory: its V0 trainer (trainer.use_v1=false) logs
+                # tool_call_counts/{mean,min,max} every training step
+                "tool_call_counts": traj.num_searches,
+                "min_global_steps": engine.min_global_steps,
+                "max_global_steps": engine.max_global_steps,
             },
         )
