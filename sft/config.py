@@ -22,12 +22,26 @@ class TeacherConfig:
     p_search_known: float = field(
         default=0.5, metadata={"help": "oracle: probability of searching a fact the base model already knows"}
     )
+    api: str = field(
+        default="completions",
+        metadata={
+            "help": "openai: completions (/v1/completions: vLLM, SGLang, search_r1.agent.serve; the exact "
+            "protocol) | chat (/v1/chat/completions: hosted APIs that offer chat only)"
+        },
+    )
     model: str = field(default="", metadata={"help": "openai: served model name"})
     base_url: str = field(
         default="http://127.0.0.1:8001/v1",
         metadata={"help": "openai: endpoint (vLLM/SGLang server or hosted API)"},
     )
-    api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "openai: env var holding the key"})
+    api_key_env: str = field(
+        default="OPENAI_API_KEY", metadata={"help": "openai: env var holding the key (unset = no key)"}
+    )
+    max_retries: int = field(
+        default=5,
+        metadata={"help": "openai: retries of a 429, 5xx or connection error (exponential backoff)"},
+    )
+    timeout_s: float = field(default=120.0, metadata={"help": "openai: seconds per request"})
 
 
 @dataclass

@@ -25,6 +25,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from tqdm import tqdm
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from search_r1.agent.engines.base import Engine, SamplingParams
+from search_r1.agent.engines.openai_chat import OpenAIChatEngine
 from search_r1.agent.protocol import ProtocolConfig
 from search_r1.agent.rollout import Retriever, run_episode
 from search_r1.agent.trajectory import Trajectory
@@ -95,7 +97,11 @@ def missing(path: Path, questions: list[Question], n_samples: int) -> list[tuple
     return [(q, todo) for q, todo in pending if todo]
 
 
+_TEACHER_ENGINES = {"completions": "openai", "chat": "openai_chat"}  # teacher.api -> registered engine
+
+
 def make_teacher(cfg: TeacherConfig, tokenizer: PreTrainedTokenizerBase, world_dir: Path) -> Engine:
+    """The teacher engine of ``cfg``; an API teacher's text is tokenised with the student's ``tokenizer``."""
     if cfg.kind == "oracle":
         return OracleTeacher(
             tokenizer, load_oracle_questions(world_dir / "questions.jsonl"), cfg.p_search_known
@@ -103,12 +109,18 @@ def make_teacher(cfg: TeacherConfig, tokenizer: PreTrainedTokenizerBase, world_d
     if cfg.kind == "openai":
         from search_r1.agent.engines.registry import make_engine
 
+        if cfg.api not in _TEACHER_ENGINES:
+            raise ValueError(f"unknown teacher api {cfg.api!r}: completions | chat")
+        if not cfg.model:
+            raise ValueError("teacher.model (the served model name) is required for teacher.kind=openai")
         return make_engine(
-            "openai",
-            model=cfg.model,
+            _TEACHER_ENGINES[cfg.api],
             base_url=cfg.base_url,
-            api_key=os.environ.get(cfg.api_key_env, ""),
+            served_model=cfg.model,
             tokenizer=tokenizer,
+            api_key_env=cfg.api_key_env,
+            timeout=cfg.timeout_s,
+            max_retries=cfg.max_retries,
         )
     raise ValueError(f"unknown teacher kind {cfg.kind!r}: oracle | openai")
 
@@ -127,16 +139,21 @@ async def _episodes(
             q.messages, add_generation_prompt=True, tokenize=True, return_dict=False
         )
     )
+    # a chat teacher is asked with the question's messages, which the student's template has rendered away
+    chat = (
+        engine.conversation(prompt_ids, q.messages) if isinstance(engine, OpenAIChatEngine) else nullcontext()
+    )
     out = []
-    for k in todo:  # a question's samples run one after another; questions run concurrently
-        sampling = SamplingParams(temperature=cfg.generate.temperature, seed=cfg.generate.seed + k)
-        traj = await run_episode(engine, tokenizer, retriever, prompt_ids, protocol, sampling, q.uid, k)
-        for key in _TIMINGS:  # wall-clock numbers would make a resumed file differ from a clean run
-            traj.extra.pop(key, None)
-        traj.extra.update(
-            messages=q.messages, golds=q.golds, meta=q.meta, teacher=cfg.teacher.kind, source=q.source
-        )
-        out.append(traj)
+    with chat:
+        for k in todo:  # a question's samples run one after another; questions run concurrently
+            sampling = SamplingParams(temperature=cfg.generate.temperature, seed=cfg.generate.seed + k)
+            traj = await run_episode(engine, tokenizer, retriever, prompt_ids, protocol, sampling, q.uid, k)
+            for key in _TIMINGS:  # wall-clock numbers would make a resumed file differ from a clean run
+                traj.extra.pop(key, None)
+            traj.extra.update(
+                messages=q.messages, golds=q.golds, meta=q.meta, teacher=cfg.teacher.kind, source=q.source
+            )
+            out.append(traj)
     return out
 
 

@@ -10,7 +10,7 @@ from search_r1.agent.engines.base import Engine
 
 ENGINES: dict[str, type] = {}
 # Modules that register an engine on import; imported on demand so optional deps stay optional.
-_MODULES = {"hf": "hf", "openai": "openai", "vllm": "vllm"}
+_MODULES = {"hf": "hf", "openai": "openai", "openai_chat": "openai_chat", "vllm": "vllm"}
 
 
 def register_engine(name: str) -> Callable[[type], type]:
