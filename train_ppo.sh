@@ -14,7 +14,7 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/scripts/_env.sh"
 cd "$ROOT"
-export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}" TOKENIZERS_PARALLELISM=false
+export TOKENIZERS_PARALLELISM=false
 
 CONFIG=configs/rl/tiny_ppo.yaml
 if [[ "${1:-}" == "--config" ]]; then CONFIG="${2:?--config needs a file}"; shift 2; fi

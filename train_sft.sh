@@ -13,7 +13,7 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/scripts/_env.sh"
 cd "$ROOT"
-export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}" TOKENIZERS_PARALLELISM=false
+export TOKENIZERS_PARALLELISM=false
 
 CONFIG=configs/sft/tiny.yaml
 if [[ "${1:-}" == "--config" ]]; then CONFIG="$2"; shift 2; fi
@@ -28,7 +28,8 @@ from search_r1.paths import MODELS_DIR
 from sft.config import DEFAULT_CONFIG, SFTConfig
 c = parse_config(SFTConfig, "train_sft", DEFAULT_CONFIG, sys.argv[1:])
 for k, v in dict(MODEL=c.model, WORLD=c.world_dir, RUN=c.root, URL=c.generate.retriever_url,
-                 PROTOCOL=c.generate.protocol, MERGE=int(c.merge),
+                 PROTOCOL=c.generate.protocol, MERGE=int(c.merge), CHECK_SPLIT=c.check.split,
+                 CHECK_N=c.check.max_questions, CHECK_DEVICE=c.check.device,
                  TINY=int(Path(c.model) == MODELS_DIR / "tiny-base")).items():
     print(f"{k}={shlex.quote(str(v))}")
 PYEOF
@@ -60,6 +61,7 @@ fi
 
 if [[ "$MERGE" == 1 && "${SFT_SKIP_EVAL:-0}" != 1 ]]; then
   "$PY" -m sft.evaluate "models=[$MODEL,$RUN/merged]" world_dir="$WORLD" retriever_url="$URL" \
-    protocol="$PROTOCOL" out="$RUN/eval_test.json"
+    protocol="$PROTOCOL" split="$CHECK_SPLIT" max_questions="$CHECK_N" device="$CHECK_DEVICE" \
+    out="$RUN/eval_test.json"
 fi
 [[ "$MERGE" == 1 ]] && echo "[train_sft] merged model: $RUN/merged"

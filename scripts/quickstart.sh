@@ -12,5 +12,6 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$ROOT/scripts/setup_env.sh"
 source "$ROOT/scripts/_env.sh"
 cd "$ROOT"
-export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false WANDB_MODE="${WANDB_MODE:-disabled}"
+# The embedded presets set HF_HUB_OFFLINE in their `env:`; a paper-scale preset downloads its models.
+export TOKENIZERS_PARALLELISM=false WANDB_MODE="${WANDB_MODE:-disabled}"
 exec "$PY" -m search_r1.experiment publish=true "$@"

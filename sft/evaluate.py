@@ -39,6 +39,7 @@ class EvalConfig:
         default=str(CONFIG_DIR / "agent" / "tiny.yaml"), metadata={"help": "ProtocolConfig YAML"}
     )
     batch_size: int = field(default=64, metadata={"help": "HF engine batch size"})
+    device: str = field(default="auto", metadata={"help": "HF engine device: auto (GPU when there is one) | cpu"})
     out: str = field(default="", metadata={"help": "write the results JSON here too"})
 
 
@@ -47,7 +48,7 @@ def evaluate(model: str, cfg: EvalConfig) -> dict[str, float]:
     from search_r1.agent.engines.hf import HFEngine
     from search_r1.retrieval.client import AsyncRetrieverClient
 
-    engine = HFEngine.from_config(model, device="cpu", max_batch_size=cfg.batch_size)
+    engine = HFEngine.from_config(model, device=cfg.device, max_batch_size=cfg.batch_size)
     tok = engine.tokenizer
     protocol = ProtocolConfig.from_yaml(cfg.protocol)
     qs = load_questions(Path(cfg.world_dir) / f"{cfg.split}.parquet", cfg.max_questions)

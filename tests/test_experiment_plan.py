@@ -1,0 +1,97 @@
+"""The paper-scale plan, checked on a CPU: what each stage runs, where, and that its configs compose."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from search_r1.config import load_config
+from search_r1.experiment import ExperimentConfig, check_plan, plan, run_experiment, services
+from search_r1.paths import CONFIG_DIR, REPO_ROOT
+from sft.config import SFTConfig
+
+PAPER = CONFIG_DIR / "experiment" / "qwen2.5-3b-nq.yaml"
+
+
+def _paper(tmp_path: Path, *overrides: str) -> ExperimentConfig:
+    return load_config(ExperimentConfig, PAPER, [f"out_dir={tmp_path}", *overrides])
+
+
+def _arg(stage, key: str) -> str:
+    return next(c.split("=", 1)[1] for c in stage.cmd if c.startswith(key + "="))
+
+
+def test_paper_plan_runs_every_stage_in_its_venv_and_on_its_gpus(tmp_path) -> None:
+    cfg = _paper(tmp_path)
+    stages = {s.name: s for s in plan(cfg)}
+    assert list(stages) == [
+        "data", "wiki18", "baseline", "seed0/trajectories", "seed0/sft",
+        "seed0/rl_from_sft", "seed0/rl_from_sft_export", "seed0/rl_from_base", "seed0/rl_from_base_export",
+        "seed0/eval/sft", "seed0/eval/rl", "seed0/eval/sft_rl",
+    ]  # fmt: skip
+    svc = services(cfg)
+    # the retriever alone on GPU 7; every trainer (and the teacher) on the other seven
+    assert svc["retriever"].env["CUDA_VISIBLE_DEVICES"] == "7"
+    for name in ("seed0/sft", "seed0/rl_from_sft", "baseline"):
+        assert stages[name].env["CUDA_VISIBLE_DEVICES"] == "0,1,2,3,4,5,6", name
+    assert svc["teacher"].env["CUDA_VISIBLE_DEVICES"] == "0,1,2,3,4,5,6"
+    assert _arg(stages["seed0/rl_from_sft"], "trainer.n_gpus_per_node") == "7"
+    # SFT in the LLaMA-Factory venv, RL and evaluation in the verl/vLLM venv
+    assert stages["seed0/sft"].env["SEARCH_R1_VENV"] == ".venv-sft"
+    assert stages["seed0/trajectories"].cmd[0] == ".venv-sft/bin/python"
+    assert stages["seed0/rl_from_sft"].env["SEARCH_R1_VENV"] == ".venv-rl"
+    assert stages["seed0/eval/sft"].cmd[0] == ".venv-rl/bin/python"
+    # only the trajectories need the teacher: it is stopped before SFT takes its GPUs
+    assert [s for s in stages if "teacher" in stages[s].services] == ["seed0/trajectories"]
+    assert _arg(stages["seed0/trajectories"], "teacher.base_url") == "{teacher}"
+    # a hub model needs the hub: no stage forces offline mode
+    assert not any("HF_HUB_OFFLINE" in s.env for s in stages.values())
+
+
+def test_paper_plan_paths_line_up(tmp_path) -> None:
+    cfg = _paper(tmp_path)
+    stages = {s.name: s for s in plan(cfg)}
+    # SFT reads the train split prepare_data writes (the preset once read a folder nothing made)
+    sft = load_config(SFTConfig, CONFIG_DIR / "sft" / "qwen2.5-3b-instruct.yaml")
+    assert str(REPO_ROOT / sft.world_dir / "train.parquet") in stages["data"].outputs
+    # the table is NQ test (3,610 questions), not the seven sets (~51k)
+    assert _arg(stages["seed0/eval/sft"], "data") == "[outputs/data/qa/nq/test.parquet]"
+    eval_cfg = (CONFIG_DIR / "eval" / "nq_3b.yaml").read_text()
+    assert "nq/test.parquet" in eval_cfg and "triviaqa" not in eval_cfg
+    # RL starts from what SFT merged; the standalone RL preset names the standalone SFT preset's folder
+    assert _arg(stages["seed0/rl_from_sft"], "actor_rollout_ref.model.path") == str(tmp_path / "seed0/sft/merged")
+    rl_preset = (CONFIG_DIR / "rl" / "qwen2.5-3b_nq_ppo.yaml").read_text()
+    assert f"path: {sft.root.relative_to(REPO_ROOT)}/merged" in rl_preset
+    # verl checkpoints become the Hugging Face folders that evaluation loads
+    export = stages["seed0/rl_from_base_export"]
+    assert _arg(export, "out") == _arg(stages["seed0/eval/rl"], "engine.model")
+
+
+def test_paper_dry_run_validates_every_config_with_verl(tmp_path, capsys) -> None:
+    out = run_experiment(_paper(tmp_path, "dry_run=true"))
+    assert out["problems"] == []
+    printed = capsys.readouterr().out
+    assert "CUDA_VISIBLE_DEVICES=7" in printed and "vllm serve" in printed and "[dry-run] ok" in printed
+    assert not (tmp_path / "stages").exists()  # a dry run runs nothing
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["rl_overrides=[data.train_batch_size=512]"], "rl_from_sft: its verl config does not compose"),
+        (["retriever_gpus=[8]"], "retriever_gpus [8] are not among gpus"),
+        (["gpus=[7]", "retriever_gpus=[7]"], "none left for the trainers"),
+        (["test_files=[outputs/data/qa/nq/dev.parquet]"], "input outputs/data/qa/nq/dev.parquet does not exist"),
+        (["eval_overrides=[engine.nmae=vllm]"], "its eval config does not compose"),
+    ],
+)
+def test_dry_run_reports_a_broken_plan(tmp_path, overrides, expected) -> None:
+    cfg = _paper(tmp_path, *overrides)
+    problems, _ = check_plan(cfg, plan(cfg))
+    assert any(expected in p for p in problems), problems
+
+
+def test_no_entry_script_forces_offline_hub_mode() -> None:
+    for script in ("train_sft.sh", "train_ppo.sh", "eval.sh", "retrieval_launch.sh", "scripts/quickstart.sh"):
+        assert "HF_HUB_OFFLINE=" not in (REPO_ROOT / script).read_text(), script
