@@ -106,16 +106,16 @@ def tok():
     return AutoTokenizer.from_pretrained(TEACHER)
 
 
-def teacher_args(
-    world, run_dir: Path, base_url: str, retriever: str, api: str, model: str = TEACHER
-) -> list[str]:
+def teacher_args(world, run_dir: Path, base_url: str, retriever: str, api: str) -> list[str]:
+    """``sft.generate`` arguments: the tiny SFT model teaches in its own tokens (its folder path is
+    also the served model name, on both servers)."""
     return [
-        f"model={TEACHER}",  # the student's tokenizer: the tiny model's own
+        f"model={TEACHER}",
         f"world_dir={world.root}",
         f"run_dir={run_dir}",
         "teacher.kind=openai",
         f"teacher.api={api}",
-        f"teacher.model={model}",
+        f"teacher.model={TEACHER}",
         f"teacher.base_url={base_url}",
         f"teacher.api_key_env={KEY_ENV}",
         f"generate.retriever_url={retriever}",
@@ -184,12 +184,10 @@ def test_completions_teacher_writes_protocol_trajectories_and_resumes(
     check_rejection_sampling(trajs, tok)
 
 
-def chat_run(
-    world, base_url: str, retriever: str, tok, run_dir: Path, model: str, n: int
-) -> list[Trajectory]:
+def chat_run(world, base_url: str, retriever: str, tok, run_dir: Path, n: int) -> list[Trajectory]:
     from search_r1.config import load_config
 
-    cfg = load_config(SFTConfig, None, teacher_args(world, run_dir, base_url, retriever, "chat", model))
+    cfg = load_config(SFTConfig, None, teacher_args(world, run_dir, base_url, retriever, "chat"))
     cfg.generate.n_samples = 2
     protocol = ProtocolConfig.from_yaml(PROTOCOL)
     path = generate_world(cfg, world.root, retriever, tok, protocol, load_questions(world.train, n))
@@ -200,7 +198,7 @@ def test_chat_teacher_rebuilds_the_student_token_protocol(
     world, teacher_url, retriever_url, tok, tmp_path, monkeypatch
 ):
     monkeypatch.setenv(KEY_ENV, KEY)
-    trajs = chat_run(world, teacher_url, retriever_url, tok, tmp_path, TEACHER, 4)
+    trajs = chat_run(world, teacher_url, retriever_url, tok, tmp_path, 4)
     assert len(trajs) == 8 and sum(t.num_searches for t in trajs) > 0
     for t in trajs:
         check_protocol(t, tok)
@@ -228,7 +226,7 @@ def test_chat_teacher_on_transformers_serve(world, retriever_url, tok, tmp_path)
     cmd = [str(exe), "serve", "--host", "127.0.0.1", "--port", str(port), "--device", "cpu", TEACHER]
     env = os.environ | {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     with server_process(cmd, f"http://127.0.0.1:{port}/health", tmp_path / "serve.log", env):
-        trajs = chat_run(world, f"http://127.0.0.1:{port}/v1", retriever_url, tok, tmp_path, TEACHER, 2)
+        trajs = chat_run(world, f"http://127.0.0.1:{port}/v1", retriever_url, tok, tmp_path, 2)
     assert len(trajs) == 4 and sum(t.num_searches for t in trajs) > 0
     for t in trajs:
         check_protocol(t, tok)
@@ -328,6 +326,7 @@ def test_serve_answers_like_vllm_and_rejects_bad_requests(world, teacher_url, to
     sampling = {"model": TEACHER, "max_tokens": 64, "temperature": 0, "stop": list(STOP_STRINGS)}
     with httpx.Client(base_url=teacher_url, headers=headers, timeout=30) as http:
         assert http.get("/models", headers={"Authorization": ""}).status_code == 401
+        assert httpx.get(teacher_url.removesuffix("/v1") + "/health").status_code == 200  # no key needed
         assert http.get("/models").json()["data"][0]["id"] == TEACHER
         # the stop string is cut from the text and named, as vLLM does; chat renders the same prompt
         text = http.post("/completions", json=sampling | {"prompt": prompt}).json()["choices"][0]

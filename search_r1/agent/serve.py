@@ -10,8 +10,8 @@ completions, while the teacher's exact protocol (continuing a half-written assis
 string is removed from the text and named in ``stop_reason`` (None for an EOS); an unknown model is a
 404; every error is ``{"error": {"message", "type", "code"}}``. Requests are batched dynamically by
 ``HFEngine``. A completion's prompt is tokenised verbatim (no BOS added: the client's text already
-carries the chat template). Loopback only by default; with ``api_key_env`` every request must carry
-``Authorization: Bearer <that env var's value>``.
+carries the chat template). Loopback only by default; with ``api_key_env`` every ``/v1`` request
+must carry ``Authorization: Bearer <that env var's value>`` (``GET /health`` needs none).
 """
 
 from __future__ import annotations
@@ -89,7 +89,8 @@ def create_app(engine: Any, name: str, api_key: str = "") -> FastAPI:
     @app.middleware("http")
     async def authorize(request: Request, call_next: Any) -> Any:  # before the body is even parsed
         given = request.headers.get("authorization", "")
-        if api_key and not secrets.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
+        protected = request.url.path != "/health"  # as vLLM: liveness needs no key, /v1/* does
+        if api_key and protected and not secrets.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
             return _error(401, "invalid or missing API key (send Authorization: Bearer <key>)")
         return await call_next(request)
 
@@ -143,6 +144,10 @@ def create_app(engine: Any, name: str, api_key: str = "") -> FastAPI:
             "choices": [{"index": 0, **choice}],
             "usage": usage,
         }
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
