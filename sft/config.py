@@ -110,6 +110,18 @@ class FilterConfig:
 
 
 @dataclass
+class CheckConfig:
+    """``train_sft.sh``'s closing before/after check (skipped with SFT_SKIP_EVAL=1; the experiment
+    runner skips it, since its evaluation stages cover it)."""
+
+    split: str = field(default="test", metadata={"help": "split of world_dir to check on"})
+    max_questions: int = field(
+        default=0, metadata={"help": "first N questions (0 = all; the 3B preset checks a sample)"}
+    )
+    device: str = field(default="auto", metadata={"help": "HF engine device: auto (GPU when there is one) | cpu"})
+
+
+@dataclass
 class SFTConfig:
     preset: str = field(default="tiny", metadata={"help": "name of this run (the default run_dir uses it)"})
     model: str = field(
@@ -123,6 +135,7 @@ class SFTConfig:
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     practice: PracticeConfig = field(default_factory=PracticeConfig)
     filters: FilterConfig = field(default_factory=FilterConfig)
+    check: CheckConfig = field(default_factory=CheckConfig)
     llamafactory: dict[str, Any] = field(
         default_factory=dict, metadata={"help": "LLaMA-Factory training arguments (its own names)"}
     )
