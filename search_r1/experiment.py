@@ -100,6 +100,10 @@ class ExperimentConfig:
     sft_overrides: list[str] = field(
         default_factory=list, metadata={"help": "extra key=value for the SFT stages"}
     )
+    sft_check: bool = field(
+        default=False,
+        metadata={"help": "also run train_sft.sh's own before/after check (its check.* settings)"},
+    )
     rl_backend: str = field(default="single", metadata={"help": "single (search_r1.rl.trainer) | verl"})
     rl_config: str = field(
         default=str(CONFIG_DIR / "rl" / "tiny_ppo.yaml"), metadata={"help": "train_ppo.sh --config"}
@@ -170,8 +174,9 @@ def _files(paths: list[str]) -> str:
     return "[" + ",".join(paths) + "]"
 
 
-def sft_run_overrides(cfg: ExperimentConfig, seed: int, root: Path) -> list[str]:
-    """What every SFT stage of ``seed`` passes on top of the preset (generation and training alike)."""
+def sft_run_overrides(cfg: ExperimentConfig, seed: int, root: Path, teacher: bool) -> list[str]:
+    """What the SFT stages of ``seed`` pass on top of the preset; only the trajectories stage talks
+    to the teacher server (``train_sft.sh`` then finds every trajectory made and generates none)."""
     return [
         f"run_dir={root / 'sft'}",
         f"model={cfg.base_model}",
@@ -179,7 +184,7 @@ def sft_run_overrides(cfg: ExperimentConfig, seed: int, root: Path) -> list[str]
         f"generate.seed={seed}",
         f"filters.seed={seed}",
         f"llamafactory.seed={seed}",
-        *(["teacher.base_url={teacher}"] if cfg.teacher_server else []),
+        *(["teacher.base_url={teacher}"] if teacher and cfg.teacher_server else []),
         *cfg.sft_overrides,
     ]
 
@@ -294,23 +299,28 @@ def seed_stages(cfg: ExperimentConfig, seed: int) -> tuple[list[Stage], list[Sta
     root = cfg.root / f"seed{seed}"
     from sft.config import SFTConfig
 
-    sft_args = sft_run_overrides(cfg, seed, root)
+    sft_args, teacher_args = (
+        sft_run_overrides(cfg, seed, root, False),
+        sft_run_overrides(cfg, seed, root, True),
+    )
     sft = load_config(SFTConfig, Path(cfg.sft_config), [a for a in sft_args if "{" not in a])
     merged = str(root / "sft" / "merged")
     teacher = Stage(
         f"seed{seed}/trajectories",
-        [python(cfg.venv_sft), "-m", "sft.generate", "--config", cfg.sft_config, *sft_args],
+        [python(cfg.venv_sft), "-m", "sft.generate", "--config", cfg.sft_config, *teacher_args],
         env=_venv(cfg.venv_sft),
         inputs=[str(Path(sft.world_dir) / f"{sft.generate.split}.parquet"), sft.model],
         outputs=[str(sft.trajectories)],
         services=("retriever", "teacher") if cfg.teacher_server else ("retriever",),
-        config=("sft", cfg.sft_config, sft_args),
+        config=("sft", cfg.sft_config, teacher_args),
     )
     after = [
         Stage(
             f"seed{seed}/sft",
             ["bash", "train_sft.sh", "--config", cfg.sft_config, *sft_args],
-            env=_venv(cfg.venv_sft) | _devices(cfg.train_gpus) | {"SFT_SKIP_EVAL": "1"},
+            env=_venv(cfg.venv_sft)
+            | _devices(cfg.train_gpus)
+            | ({} if cfg.sft_check else {"SFT_SKIP_EVAL": "1"}),
             inputs=[str(sft.trajectories), sft.model],
             outputs=[merged + "/config.json"],
             services=("retriever",),
@@ -363,7 +373,7 @@ def rl_stages(cfg: ExperimentConfig, seed: int, root: Path, start: str, name: st
                 f"seed{seed}/{name}_verl",
                 [
                     python(cfg.venv_rl), "-m", "search_r1.rl.verl_rehearsal", "--config", cfg.verl_rehearsal,
-                    f"--out={root / 'ppo' / name / 'verl_rehearsal.json'}", *cfg.verl_rehearsal_args, *verl_args,
+                    *verl_args, *cfg.verl_rehearsal_args,
                 ],
                 env=env,
                 inputs=[start],

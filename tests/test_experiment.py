@@ -9,11 +9,11 @@ import pytest
 from search_r1.config import load_config
 from search_r1.experiment import ExperimentConfig, run_experiment
 from search_r1.experiment_report import GROUPS
-from search_r1.paths import CONFIG_DIR
+from search_r1.paths import CONFIG_DIR, REPO_ROOT
 
 
 @pytest.mark.slow
-def test_runner_in_miniature_produces_all_four_groups_and_the_table(tiny_model, tmp_path):
+def test_runner_in_miniature_produces_all_four_groups_and_the_table(tiny_model, tmp_path, capsys):
     cfg = load_config(
         ExperimentConfig,
         CONFIG_DIR / "experiment" / "tiny.yaml",
@@ -50,8 +50,61 @@ def test_runner_in_miniature_produces_all_four_groups_and_the_table(tiny_model, 
     assert set(report["sources"]) == {"world", "p1"}
     # resume: a second call re-runs nothing, gives the same table, and says its time is partial
     assert not summary["resumed"]
+    capsys.readouterr()
     again = run_experiment(cfg)
+    printed = capsys.readouterr().out
+    assert printed.count(": done\n") == 8 and "train_sft.sh" not in printed and "train_ppo.sh" not in printed
     assert {g: r["em"]["mean"] for g, r in again["groups"].items()} == {
         g: r["em"]["mean"] for g, r in summary["groups"].items()
     }
     assert again["resumed"] and "reused stages" in (tmp_path / "results.md").read_text()
+
+
+@pytest.mark.slow
+def test_rehearsal_of_the_paper_plan_runs_every_stage_for_real(tiny_model, tmp_path, capsys):
+    """configs/experiment/rehearsal.yaml in miniature: the paper plan's stages on CPU stand-ins."""
+    from search_r1.data.schema import read_parquet
+    from search_r1.experiment import plan
+
+    cfg = load_config(
+        ExperimentConfig,
+        CONFIG_DIR / "experiment" / "rehearsal.yaml",
+        [
+            f"out_dir={tmp_path}",
+            "sft_overrides=[generate.max_questions=24,generate.n_samples=1,llamafactory.max_steps=3,llamafactory.save_steps=3,check.max_questions=8]",
+            "rl_overrides=[data.train_files=outputs/rehearsal/data/qa/nq/train.parquet,trainer.total_training_steps=1,data.train_batch_size=2,actor_rollout_ref.rollout.n=2,actor_rollout_ref.actor.ppo_mini_batch_size=2]",
+            "eval_overrides=[max_examples=12]",
+            "verl_rehearsal_args=[rehearsal.rows=2]",
+        ],
+    )
+    summary = run_experiment(cfg)
+    assert set(summary["groups"]) == set(GROUPS)
+    assert all(row["n_questions"] == 12 for row in summary["groups"].values())
+
+    # data: the real prepare_data and wiki-18 import code, from the mirror of the world
+    test = read_parquet(REPO_ROOT / "outputs/rehearsal/data/qa/nq/test.parquet")
+    assert len(test) == 225 and {r["data_source"] for r in test} == {"nq"}
+    manifest = json.loads((REPO_ROOT / "outputs/rehearsal/indexes/wiki18/manifest.json").read_text())
+    assert manifest["dense"]["factory"] == "prebuilt" and manifest["n_docs"] > 2000
+    # teacher: every trajectory came from the OpenAI-compatible server process, and some passed the filters
+    seed = tmp_path / "seed0"
+    trajectories = [json.loads(line) for line in (seed / "sft" / "trajectories.jsonl").open()]
+    assert len(trajectories) == 24 and {t["extra"]["teacher"] for t in trajectories} == {"openai"}
+    assert json.loads((seed / "sft" / "filter_report.json").read_text())["kept"] > 0
+    # SFT: a LoRA adapter trained by LLaMA-Factory, merged; train_sft.sh's own check on check.max_questions
+    assert json.loads((seed / "sft" / "lora" / "adapter_config.json").read_text())["peft_type"] == "LORA"
+    check = json.loads((seed / "sft" / "eval_test.json").read_text())["results"]
+    assert [r["questions"] for r in check.values()] == [8, 8]
+    # RL: verl validated the runner's exact overrides and ran the agent loop in its AgentLoopWorker
+    for run in ("rl_from_sft", "rl_from_base"):
+        rep = json.loads((seed / "ppo" / run / "verl_rehearsal.json").read_text())
+        assert rep["config"]["n_gpus_per_node"] == 7 and rep["config"]["train_batch_size"] == 448
+        assert rep["episodes"] == 2 and rep["response_mask"]["ok"] and rep["retrieval_failures"] == 0
+        assert (seed / "ppo" / run / "merged" / "config.json").exists()
+
+    # resume: a second call runs only the cached builds and skips every other stage
+    capsys.readouterr()
+    run_experiment(cfg)
+    printed = capsys.readouterr().out
+    for stage in plan(cfg):
+        assert (f"skip {stage.name}: done" in printed) != stage.always, stage.name
