@@ -304,3 +304,22 @@ def test_agent_loop_passes_the_retriever_token_and_keys_clients_by_it(monkeypatc
     assert given is again and given is not env
     headers = [c._http.headers.get("authorization") for c in (given, env)]
     assert headers == ["Bearer secret", "Bearer from-env"]
+
+
+def test_importing_the_agent_loop_keeps_the_yaml_registration() -> None:
+    """verl imports our module lazily, after its worker registered the yaml entry: that entry (retriever
+    URL, protocol) must survive the import, or every episode but the first runs with the defaults."""
+    import importlib
+
+    from verl.experimental.agent_loop.agent_loop import _agent_loop_registry
+
+    import search_r1.rl.agent_loop as agent_loop
+
+    entry = {"_target_": "search_r1.rl.agent_loop.SearchAgentLoop", "retriever_url": "http://retriever:9"}
+    saved = _agent_loop_registry.get(agent_loop.AGENT_NAME)
+    _agent_loop_registry[agent_loop.AGENT_NAME] = entry
+    try:
+        importlib.reload(agent_loop)
+        assert _agent_loop_registry[agent_loop.AGENT_NAME] is entry
+    finally:
+        _agent_loop_registry[agent_loop.AGENT_NAME] = saved

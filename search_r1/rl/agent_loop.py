@@ -20,7 +20,13 @@ from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
-from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopMetrics, AgentLoopOutput, register
+from verl.experimental.agent_loop.agent_loop import (
+    AgentLoopBase,
+    AgentLoopMetrics,
+    AgentLoopOutput,
+    _agent_loop_registry,
+    register,
+)
 
 from search_r1.agent.engines.base import GenerationResult, SamplingParams
 from search_r1.agent.protocol import ProtocolConfig
@@ -95,7 +101,6 @@ def _resolve(path: str) -> Path:
     return p if p.is_absolute() else REPO_ROOT / p
 
 
-@register(AGENT_NAME)
 class SearchAgentLoop(AgentLoopBase):
     """Multi-turn search episode (DESIGN §4) as a verl agent loop.
 
@@ -159,3 +164,10 @@ class SearchAgentLoop(AgentLoopBase):
                 "max_global_steps": engine.max_global_steps,
             },
         )
+
+
+# verl imports this module lazily, when hydra first instantiates the yaml's `_target_`, i.e. *after* the
+# worker registered the yaml entry with its settings. An unconditional @register would then replace that
+# entry with a bare one, and every later episode would run with the defaults (retriever_url, protocol).
+if AGENT_NAME not in _agent_loop_registry:
+    register(AGENT_NAME)(SearchAgentLoop)
