@@ -9,8 +9,8 @@ the prompt's example answer). Point verl at it with::
 and pick a reward with ``custom_reward_function.reward_kwargs.reward=em_format``.
 
 Under verl, ``extra_info`` also carries our agent loop's episode counts (verl's reward loop merges the
-loop's ``extra_fields`` into it); ``compute_score`` returns them with the metrics, because the dict it
-returns is the only per-sample data verl turns into logged metrics (docs/rl.md, "Step metrics").
+loop's ``extra_fields`` into it); ``compute_score`` returns them with the metrics, because verl logs
+every key of the returned dict in its validation metrics (docs/rl.md, "Step metrics").
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ RewardFn = Callable[..., float]
 
 ROLLOUT_COUNTS = ("searches", "retrieval_failures", "invalid_actions")
 """Episode counts :class:`search_r1.rl.agent_loop.SearchAgentLoop` puts in ``extra_fields``."""
+
 REWARDS: dict[str, RewardFn] = {}
 
 
