@@ -190,7 +190,14 @@ def sft_run_overrides(cfg: ExperimentConfig, seed: int, root: Path, teacher: boo
 
 
 def rl_run_overrides(
-    cfg: ExperimentConfig, seed: int, root: Path, start: str, name: str, backend: str, extra: list[str]
+    cfg: ExperimentConfig,
+    seed: int,
+    root: Path,
+    start: str,
+    name: str,
+    backend: str,
+    extra: list[str],
+    trainer_dir: Path | None = None,
 ) -> list[str]:
     """The overrides of one RL run, for the single-machine trainer or for verl (``backend``), then
     ``extra``. The verl rehearsal on CPU calls this with the same arguments as a verl run on GPUs."""
@@ -198,7 +205,7 @@ def rl_run_overrides(
         return [
             f"actor_rollout_ref.model.path={start}",
             "retriever.url={retriever}",
-            f"trainer.default_local_dir={root / 'ppo'}",
+            f"trainer.default_local_dir={trainer_dir or root / 'ppo'}",
             f"trainer.experiment_name={name}",
             f"trainer.seed={seed}",
             f"data.seed={seed}",
@@ -340,62 +347,78 @@ def seed_stages(cfg: ExperimentConfig, seed: int) -> tuple[list[Stage], list[Sta
 
 
 def rl_stages(cfg: ExperimentConfig, seed: int, root: Path, start: str, name: str) -> list[Stage]:
-    """Train one RL run and leave a Hugging Face folder at ``<root>/ppo/<name>/merged``."""
-    merged = root / "ppo" / name / "merged"
+    """Train one RL run and leave a Hugging Face folder at ``<root>/ppo/<name>/merged``.
+
+    verl: train_ppo.sh with verl, then export its FSDP checkpoint. Single machine: train_ppo.sh with
+    the single-machine trainer, which writes the folder itself. With ``verl_rehearsal`` set, the
+    single-machine run is framed by what a CPU can run of the verl path: verl validates this run's
+    overrides and runs its agent loop (before), and the trained model is saved as a sharded verl
+    FSDP checkpoint and exported by the same export stage as on GPUs (after)."""
+    run = root / "ppo" / name
     env = _venv(cfg.venv_rl) | _devices(cfg.train_gpus)
+    loops = root / "agent_loops.yaml"
+    verl_ckpt = str(run / "latest_checkpointed_iteration.txt")
+    export = Stage(
+        f"seed{seed}/{name}_export",
+        [python(cfg.venv_rl), "-m", "search_r1.rl.export", f"ckpt_dir={run}", f"out={run / 'merged'}"],
+        env=_venv(cfg.venv_rl),
+        inputs=[verl_ckpt],
+        outputs=[str(run / "merged" / "config.json")],
+    )
     if cfg.rl_backend == "verl":
-        loops = root / "agent_loops.yaml"
         overrides = rl_run_overrides(cfg, seed, root, start, name, "verl", cfg.rl_overrides)
         train = Stage(
             f"seed{seed}/{name}",
             ["bash", "train_ppo.sh", "--config", cfg.rl_config, *overrides],
             env=env,
-            config=("verl", cfg.rl_config, overrides),
             inputs=[start],
-            outputs=[str(root / "ppo" / name / "latest_checkpointed_iteration.txt")],
+            outputs=[verl_ckpt],
             services=("retriever",),
             before=lambda urls: write_agent_loops(loops, urls["retriever"]),
-        )  # fmt: skip
-        export = Stage(
-            f"seed{seed}/{name}_export",
-            [python(cfg.venv_rl), "-m", "search_r1.rl.export", f"ckpt_dir={root / 'ppo' / name}", f"out={merged}"],
-            env=_venv(cfg.venv_rl),
-            inputs=[str(root / "ppo" / name / "latest_checkpointed_iteration.txt")],
-            outputs=[str(merged / "config.json")],
-        )  # fmt: skip
-        return [train, export]
-    stages = []
-    if cfg.verl_rehearsal:
-        loops = root / "agent_loops.yaml"
-        verl_args = rl_run_overrides(cfg, seed, root, start, name, "verl", cfg.verl_rehearsal_overrides)
-        stages.append(
-            Stage(
-                f"seed{seed}/{name}_verl",
-                [
-                    python(cfg.venv_rl), "-m", "search_r1.rl.verl_rehearsal", "--config", cfg.verl_rehearsal,
-                    *verl_args, *cfg.verl_rehearsal_args,
-                ],
-                env=env,
-                inputs=[start],
-                outputs=[str(root / "ppo" / name / "verl_rehearsal.json")],
-                services=("retriever",),
-                config=("verl", cfg.verl_rehearsal, verl_args),
-                before=lambda urls: write_agent_loops(loops, urls["retriever"]),
-            )
-        )  # fmt: skip
-    overrides = rl_run_overrides(cfg, seed, root, start, name, "single", cfg.rl_overrides)
-    stages.append(
-        Stage(
-            f"seed{seed}/{name}",
-            ["bash", "train_ppo.sh", "--config", cfg.rl_config, *overrides],
-            env=env,
-            inputs=[start],
-            outputs=[str(merged / "config.json")],
-            services=("retriever",),
-            config=("single", cfg.rl_config, overrides),
+            config=("verl", cfg.rl_config, overrides),
         )
+        return [train, export]
+    trainer_dir = root / ("ppo_single" if cfg.verl_rehearsal else "ppo")
+    overrides = rl_run_overrides(cfg, seed, root, start, name, "single", cfg.rl_overrides, trainer_dir)
+    train = Stage(
+        f"seed{seed}/{name}",
+        ["bash", "train_ppo.sh", "--config", cfg.rl_config, *overrides],
+        env=env,
+        inputs=[start],
+        outputs=[str(trainer_dir / name / "merged" / "config.json")],
+        services=("retriever",),
+        config=("single", cfg.rl_config, overrides),
     )
-    return stages
+    if not cfg.verl_rehearsal:
+        return [train]
+    verl_args = rl_run_overrides(cfg, seed, root, start, name, "verl", cfg.verl_rehearsal_overrides)
+    rehearse = Stage(
+        f"seed{seed}/{name}_verl",
+        [
+            python(cfg.venv_rl), "-m", "search_r1.rl.verl_rehearsal", "--config", cfg.verl_rehearsal,
+            *verl_args, *cfg.verl_rehearsal_args,
+        ],
+        env=env,
+        inputs=[start],
+        outputs=[str(run / "verl_rehearsal.json")],
+        services=("retriever",),
+        before=lambda urls: write_agent_loops(loops, urls["retriever"]),
+        config=("verl", cfg.verl_rehearsal, verl_args),
+    )  # fmt: skip
+    shard = Stage(
+        f"seed{seed}/{name}_verl_checkpoint",
+        [
+            python(cfg.venv_rl),
+            "-m",
+            "search_r1.rl.verl_checkpoint",
+            f"run={trainer_dir / name}",
+            f"out={run}",
+        ],
+        env=_venv(cfg.venv_rl),
+        inputs=[str(trainer_dir / name / "merged")],
+        outputs=[verl_ckpt],
+    )
+    return [rehearse, train, shard, export]
 
 
 def plan(cfg: ExperimentConfig) -> list[Stage]:
@@ -405,9 +428,10 @@ def plan(cfg: ExperimentConfig) -> list[Stage]:
         raise ValueError(f"rl_backend must be single | verl, got {cfg.rl_backend!r}")
     stages = setup_stages(cfg) + [_eval_stage(cfg, "baseline", cfg.base_model, cfg.root / "baseline")]
     per_seed = [seed_stages(cfg, s) for s in cfg.seeds]
-    return (
-        stages + [s for teacher, _ in per_seed for s in teacher] + [s for _, rest in per_seed for s in rest]
-    )
+    stages += [s for teacher, _ in per_seed for s in teacher] + [s for _, rest in per_seed for s in rest]
+    for stage in stages:
+        stage.env = cfg.env | stage.env
+    return stages
 
 
 def services(cfg: ExperimentConfig) -> dict[str, Service]:

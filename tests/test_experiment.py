@@ -85,7 +85,7 @@ def test_rehearsal_of_the_paper_plan_runs_every_stage_for_real(tiny_model, tmp_p
     test = read_parquet(REPO_ROOT / "outputs/rehearsal/data/qa/nq/test.parquet")
     assert len(test) == 225 and {r["data_source"] for r in test} == {"nq"}
     manifest = json.loads((REPO_ROOT / "outputs/rehearsal/indexes/wiki18/manifest.json").read_text())
-    assert manifest["dense"]["factory"] == "prebuilt" and manifest["n_docs"] > 2000
+    assert manifest["dense"]["settings"]["factory"] == "prebuilt" and manifest["n_docs"] > 2000
     # teacher: every trajectory came from the OpenAI-compatible server process, and some passed the filters
     seed = tmp_path / "seed0"
     trajectories = [json.loads(line) for line in (seed / "sft" / "trajectories.jsonl").open()]
@@ -100,7 +100,16 @@ def test_rehearsal_of_the_paper_plan_runs_every_stage_for_real(tiny_model, tmp_p
         rep = json.loads((seed / "ppo" / run / "verl_rehearsal.json").read_text())
         assert rep["config"]["n_gpus_per_node"] == 7 and rep["config"]["train_batch_size"] == 448
         assert rep["episodes"] == 2 and rep["response_mask"]["ok"] and rep["retrieval_failures"] == 0
-        assert (seed / "ppo" / run / "merged" / "config.json").exists()
+        # the trained policy as verl's sharded FSDP checkpoint, exported by the GPU path's export stage
+        assert (
+            len(list((seed / "ppo" / run / "global_step_1" / "actor").glob("model_world_size_2_rank_*.pt")))
+            == 2
+        )
+    for group, run in (("rl", "rl_from_base"), ("sft_rl", "rl_from_sft")):
+        evaluated = json.loads((seed / "eval" / group / "results.json").read_text())["config"]["engine"][
+            "model"
+        ]
+        assert evaluated == str(seed / "ppo" / run / "merged")
 
     # resume: a second call runs only the cached builds and skips every other stage
     capsys.readouterr()
