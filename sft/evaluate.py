@@ -39,7 +39,9 @@ class EvalConfig:
         default=str(CONFIG_DIR / "agent" / "tiny.yaml"), metadata={"help": "ProtocolConfig YAML"}
     )
     batch_size: int = field(default=64, metadata={"help": "HF engine batch size"})
-    device: str = field(default="auto", metadata={"help": "HF engine device: auto (GPU when there is one) | cpu"})
+    device: str = field(
+        default="auto", metadata={"help": "HF engine device: auto (GPU when there is one) | cpu"}
+    )
     out: str = field(default="", metadata={"help": "write the results JSON here too"})
 
 
