@@ -88,7 +88,6 @@ class ServiceProcess:
             stdout=s.log.open("w"),
             stderr=subprocess.STDOUT,
             env={**os.environ, **s.env},
-            start_new_session=True,  # Ctrl-C in the terminal reaches the runner, which stops us in order
         )
         self._old_sigterm = signal.signal(signal.SIGTERM, _raise_interrupt)
         try:
