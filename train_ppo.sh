@@ -10,7 +10,8 @@
 # Single-machine presets start from the SFT checkpoint train_sft.sh wrote for the same preset
 # (outputs/runs/sft/<preset>/merged) when there is one, else from the base model; the first line
 # says which. A config with a Hydra `defaults:` list is a verl config: it is checked against verl's
-# own defaults and validation, then run by `python -m verl.trainer.main_ppo`.
+# own defaults and validation, then run by `python -m search_r1.rl.verl_main` (verl's main_ppo with
+# search metrics on every training step).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/scripts/_env.sh"
 cd "$ROOT"
@@ -26,11 +27,12 @@ done
 
 if grep -q '^defaults:' "$CONFIG"; then
   # verl: the config must compose over verl's defaults with no unknown keys and pass validate_config.
+  # search_r1.rl.verl_main is verl.trainer.main_ppo (same arguments) plus our search metrics every step.
   NAME="$(basename "$CONFIG" .yaml)"
   DIR="$(cd "$(dirname "$CONFIG")" && pwd)"
   echo "train_ppo.sh: verl PPO with $CONFIG"
   "$PY" -m search_r1.rl.verl_config "$NAME" "$@"
-  exec "$PY" -m verl.trainer.main_ppo --config-path="$DIR" --config-name="$NAME" \
+  exec "$PY" -m search_r1.rl.verl_main --config-path="$DIR" --config-name="$NAME" \
     'hydra.searchpath=[pkg://verl.trainer.config]' "$@"
 fi
 
