@@ -118,7 +118,9 @@ class CheckConfig:
     max_questions: int = field(
         default=0, metadata={"help": "first N questions (0 = all; the 3B preset checks a sample)"}
     )
-    device: str = field(default="auto", metadata={"help": "HF engine device: auto (GPU when there is one) | cpu"})
+    device: str = field(
+        default="auto", metadata={"help": "HF engine device: auto (GPU when there is one) | cpu"}
+    )
 
 
 @dataclass

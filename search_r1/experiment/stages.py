@@ -1,6 +1,6 @@
 """Stages of a pipeline run: one command each, with its environment, inputs, outputs and log.
 
-The experiment runner (``search_r1.experiment``) is a list of these. A stage is a subprocess — the
+A run of the experiment (``search_r1.experiment``) is a list of these. A stage is a subprocess — the
 user-facing entry point it stands for (``train_sft.sh``, ``python -m search_r1.eval``, ...) — so a
 stage runs exactly what a user would type, in its own virtual environment and on its own GPUs.
 
