@@ -50,7 +50,7 @@ def _stand_in_model(overrides: list[str]) -> tuple[list[str], str]:
 
 def compose(kind: str, config: str, overrides: list[str]) -> None:
     """Build a stage's config as its entry point would; for verl, compose and validate it (verl's
-    ``validate_config``), which is what ``train_ppo.sh`` runs before ``verl.trainer.main_ppo``."""
+    ``validate_config``), which is what ``train_ppo.sh`` runs before verl's trainer."""
     if kind == "verl":
         from search_r1.rl.verl_config import check
 

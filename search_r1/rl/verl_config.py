@@ -33,7 +33,7 @@ UNDECLARED_FREE_FORM = ("reward.custom_reward_function.reward_kwargs",)
 def compose_config(
     name: str = "verl_ppo", overrides: Sequence[str] = (), config_dir: Path = RL_CONFIG_DIR
 ) -> DictConfig:
-    """Our config ``name`` composed by Hydra exactly as ``verl.trainer.main_ppo`` would."""
+    """Our config ``name`` composed by Hydra exactly as ``train_ppo.sh``'s verl run would."""
     with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base=None):
         return compose(config_name=name, overrides=[SEARCHPATH, *overrides])
 

@@ -2,7 +2,7 @@
 
 verl's trainer needs GPUs and vLLM, so a config that only breaks inside the trainer would otherwise be
 found on the GPU node. This module takes the same ``--config`` and Hydra overrides that
-``train_ppo.sh`` hands to ``python -m verl.trainer.main_ppo`` and:
+``train_ppo.sh`` hands to ``python -m search_r1.rl.verl_main`` (verl's ``main_ppo``) and:
 
 1. composes and checks them (:func:`search_r1.rl.verl_config.check`: unknown keys, verl's
    ``validate_config``); a bad config exits 2 with one line;
@@ -50,7 +50,7 @@ USAGE = """usage: python -m search_r1.rl.verl_rehearsal [--config NAME|PATH] [hy
 
   --config              a verl config in configs/rl, by name (verl_ppo) or path (configs/rl/verl_ppo.yaml);
                         default verl_ppo
-  hydra overrides       exactly what train_ppo.sh passes to verl.trainer.main_ppo (key=value, +key=value, ...)
+  hydra overrides       exactly what train_ppo.sh passes to search_r1.rl.verl_main (key=value, +key=value, ...)
   rehearsal.rows=N      how many rows of data.train_files to roll out (default 4; each rollout.n times)
   rehearsal.out=PATH    the JSON report (default <trainer.default_local_dir>/verl_rehearsal.json)
   rehearsal.retriever_url=URL      instead of the agent-loop yaml's retriever_url
