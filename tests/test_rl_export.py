@@ -2,78 +2,50 @@
 
 The checkpoints are made the real way, on CPU: two processes join a gloo process group, wrap a tiny
 Qwen2 in FSDP (FULL_SHARD over a two-rank device mesh, as verl's FSDP engine does) and save it with
-verl's ``FSDPCheckpointManager.save_checkpoint`` — so each rank's file holds DTensor shards, and the
-export has to join them as it will on a GPU node.
+verl's ``FSDPCheckpointManager.save_checkpoint`` (``search_r1.rl.verl_checkpoint``, which the CPU
+rehearsal uses too) — so each rank's file holds DTensor shards, and the export has to join them as it
+will on a GPU node.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 from agent_fixtures import tiny_qwen2, toy_tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from search_r1.rl.export import main
+from search_r1.rl.verl_checkpoint import save_verl_checkpoint
 
 WORLD = 2
 STEPS = (2, 5)
 SHIFT = 0.5  # added to every weight between the two checkpoints, so the steps are told apart
 
 
-def save_fsdp_checkpoints(rank: int, model_dir: str, ckpt_dir: str, port: int) -> None:
-    """One rank: load the model, wrap it as verl does, save ``global_step_2``, shift the weights by
-    ``SHIFT``, save ``global_step_5`` (the trainer's ``<default_local_dir>/global_step_<N>/actor``)."""
-    import torch.distributed as dist
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-    from torch.distributed.fsdp import ShardingStrategy
-    from verl.utils.checkpoint.fsdp_checkpoint_manager import FSDPCheckpointManager
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    mesh = init_device_mesh("cpu", (WORLD,), mesh_dim_names=("fsdp",))
-    model = FSDP(
-        AutoModelForCausalLM.from_pretrained(model_dir),
-        device_id=torch.device("cpu"),
-        sharding_strategy=ShardingStrategy.FULL_SHARD,
-        device_mesh=mesh,
-    )
-    manager = FSDPCheckpointManager(
-        model=model,
-        optimizer=torch.optim.AdamW(model.parameters()),
-        processing_class=AutoTokenizer.from_pretrained(model_dir),
-    )
-    for i, step in enumerate(STEPS):
-        if i:
-            with torch.no_grad():
-                for p in model.parameters():
-                    p.add_(SHIFT)
-        manager.save_checkpoint(f"{ckpt_dir}/global_step_{step}/actor", global_step=step)
-    dist.destroy_process_group()
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> tuple[Path, Path]:
-    """(the source HF folder, a verl run folder with FSDP actor checkpoints of steps 2 and 5)."""
+    """(the source HF folder, a verl run folder with FSDP actor checkpoints of steps 2 and 5; step 5's
+    weights are the source's plus ``SHIFT``), saved by verl's checkpoint manager on CPU ranks."""
     root = tmp_path_factory.mktemp("verl_run")
-    src, ckpt = root / "src", root / "ckpt"
+    src, shifted, ckpt = root / "src", root / "shifted", root / "ckpt"
     tok = toy_tokenizer()
     torch.manual_seed(0)
-    tiny_qwen2(tok).save_pretrained(src)
+    model = tiny_qwen2(tok)
+    model.save_pretrained(src)
     tok.save_pretrained(src)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(save_fsdp_checkpoints, args=(str(src), str(ckpt), port), nprocs=WORLD)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(SHIFT)
+    model.save_pretrained(shifted)
+    tok.save_pretrained(shifted)
+    save_verl_checkpoint(src, ckpt, STEPS[0], WORLD)
+    save_verl_checkpoint(shifted, ckpt, STEPS[1], WORLD)
     return src, ckpt
 
 
