@@ -40,12 +40,23 @@ MODEL_FILES = (
 )
 
 
+# Fields that say where things are or how to reach them, or what to check afterwards: they do not
+# change what the student is trained on, so they are not part of the key.
+NOT_RECIPE = {
+    "": ("model", "world_dir", "run_dir", "check"),
+    "generate": ("retriever_url", "retriever_token"),
+    "teacher": ("base_url", "api_key_env", "max_retries", "timeout_s"),
+}
+# Index settings that change what the dense retriever returns (not which backends are built, threads, ...).
+INDEX_RECIPE = ("encoder", "faiss_factory", "train_size", "embedding_dtype")
+
+
 def recipe(cfg: SFTConfig) -> dict:
-    """The SFT config without where it reads and writes (paths, the retriever's URL)."""
+    """The SFT config without the fields of ``NOT_RECIPE``."""
     params = to_dict(cfg)
-    for k in ("model", "world_dir", "run_dir"):
-        params.pop(k)
-    params["generate"].pop("retriever_url")
+    for section, keys in NOT_RECIPE.items():
+        for k in keys:
+            (params[section] if section else params).pop(k)
     return params
 
 
@@ -61,6 +72,8 @@ def sft_key(cfg: SFTConfig) -> str:
     protocol = Path(cfg.generate.protocol)
     server = to_dict(load_config(ServerConfig, CONFIG_DIR / "retriever" / "default.yaml"))
     index = to_dict(load_config(BuildConfig, CONFIG_DIR / "retriever" / "build_world.yaml"))
+    for k in ("device", "batch_size"):
+        index["encoder"].pop(k)
     blob = {
         "base_key": json.loads(info.read_text())["key"],
         "sft": recipe(cfg),
@@ -68,7 +81,7 @@ def sft_key(cfg: SFTConfig) -> str:
             ProtocolConfig.from_yaml(protocol if protocol.is_absolute() else REPO_ROOT / protocol)
         ),
         "retriever": {k: server[k] for k in ("backend", "topk", "reranker")},
-        "index": {k: v for k, v in index.items() if k not in ("corpus", "out_dir")},
+        "index": {k: index[k] for k in INDEX_RECIPE},
     }
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
