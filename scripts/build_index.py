@@ -5,6 +5,7 @@ Examples:
   python scripts/build_index.py                                   # the embedded world (MiniLM + bm25s)
   python scripts/build_index.py --config configs/retriever/build_wiki18_e5.yaml faiss_factory=HNSW64
   python scripts/build_index.py corpus=my.jsonl out_dir=outputs/indexes/mine backends=[bm25]
+  python scripts/build_index.py backends=[pyserini]                 # + a Lucene BM25 index (requirements/pyserini.txt)
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     except (FileNotFoundError, ValueError) as exc:
         die(str(exc))
     manifest = read_manifest(out)
-    for part in ("docstore", "dense", "bm25"):
+    for part in ("docstore", "dense", "bm25", "pyserini"):
         if part in manifest:
             m = manifest[part]
             print(

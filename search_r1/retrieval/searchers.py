@@ -15,13 +15,14 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from search_r1.retrieval.bm25 import BM25Searcher, PyseriniRetriever
-from search_r1.retrieval.build import read_manifest
+from search_r1.retrieval.bm25 import BM25Searcher
+from search_r1.retrieval.build import LUCENE_DIR, read_manifest
 from search_r1.retrieval.config import EncoderConfig, RerankerConfig, ServerConfig
 from search_r1.retrieval.dense import open_engine
 from search_r1.retrieval.docstore import DocStore
 from search_r1.retrieval.encoder import Encoder, resolve_device, resolve_model
 from search_r1.retrieval.hits import Hit
+from search_r1.retrieval.lucene import LuceneRetriever
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ class Retriever:
         self,
         backend: str,
         n_docs: int,
-        first_stage: RowSearcher | PyseriniRetriever,
+        first_stage: RowSearcher | LuceneRetriever,
         docstore: DocStore | None,
         reranker: CrossEncoderReranker | None,
         candidates: int,
@@ -140,8 +141,8 @@ class Retriever:
         )
 
     def _first_stage(self, queries: list[str], k: int) -> list[list[Hit]]:
-        if isinstance(self._first, PyseriniRetriever):
-            return [[Hit(*h) for h in per] for per in self._first.retrieve(queries, k)]
+        if isinstance(self._first, LuceneRetriever):
+            return self._first.retrieve(queries, k)
         scores, rows = self._first.search_rows(queries, k)
         valid = rows >= 0
         docs = iter(self._docs.get(rows[valid]))  # one vectorised gather for the whole batch
@@ -168,6 +169,25 @@ def _device(requested: str, gpu_devices: list[int]) -> str:
     return f"cuda:{gpu_devices[0]}" if gpu_devices else "cpu"
 
 
+def _load_lucene(cfg: ServerConfig, reranker: CrossEncoderReranker | None) -> Retriever:
+    """pyserini over ``cfg.pyserini_index``, else over ``<index_dir>/lucene`` (build_index
+    ``backends=[pyserini]``). The docstore of ``index_dir``, when it has one, gives the contents of
+    indexes that store no documents."""
+    index_dir = Path(cfg.index_dir)
+    manifest = read_manifest(index_dir)
+    index = cfg.pyserini_index
+    if index is None:
+        if not manifest.get("pyserini", {}).get("done"):
+            raise FileNotFoundError(
+                f"index {index_dir} has no finished 'pyserini' part (build it with backends=[pyserini]) "
+                "and no pyserini_index= is set"
+            )
+        index = str(index_dir / LUCENE_DIR)
+    docstore = DocStore(index_dir) if manifest.get("docstore", {}).get("done") else None
+    first = LuceneRetriever(index, docstore=docstore, threads=cfg.pyserini_threads)
+    return Retriever("pyserini", first.n_docs, first, None, reranker, cfg.reranker.candidates, "lucene")
+
+
 def load_retriever(cfg: ServerConfig) -> Retriever:
     """Open the backend named by ``cfg.backend`` from ``cfg.index_dir`` (see the build manifest)."""
     reranker = None
@@ -175,10 +195,7 @@ def load_retriever(cfg: ServerConfig) -> Retriever:
         rr_cfg = replace(cfg.reranker, device=_device(cfg.reranker.device, list(cfg.gpu_devices)))
         reranker = CrossEncoderReranker(rr_cfg)
     if cfg.backend == "pyserini":
-        if not cfg.pyserini_index:
-            raise ValueError("backend=pyserini needs pyserini_index=<Lucene index folder or prebuilt name>")
-        first = PyseriniRetriever(cfg.pyserini_index)
-        return Retriever("pyserini", first.n_docs, first, None, reranker, cfg.reranker.candidates, "lucene")
+        return _load_lucene(cfg, reranker)
     if cfg.backend not in ("dense", "bm25", "hybrid"):
         raise ValueError(f"backend must be dense | bm25 | hybrid | pyserini, got {cfg.backend!r}")
     index_dir = Path(cfg.index_dir)
