@@ -1,4 +1,9 @@
-"""The four-group table of the experiment: mean ± std over seeds, markdown + JSON + a bar chart."""
+"""The four-group table of the experiment: mean ± std over seeds, markdown + JSON + a bar chart.
+
+Beside the scores, the failed searches of each group (summed over its seeds): an evaluation publishes
+a score only when at most ``max_failed_share`` of its searches failed, so the column is usually 0,
+and when it is not the reader is told under the table.
+"""
 
 from __future__ import annotations
 
@@ -35,20 +40,33 @@ def summarize(results: dict[str, list[Path]]) -> dict[str, Any]:
                 "mean": statistics.fmean(values),
                 "std": statistics.stdev(values) if len(values) > 1 else 0.0,
             }
+        # summed, not averaged: any failed search is worth seeing, and a sum of counts stays a count
+        row["searches_failed"] = sum(r["metrics"]["overall"].get("searches_failed", 0) for r in runs)
         table[group] = row
     definitions = json.loads(results["baseline"][0].read_text())["metrics"].get("definitions", {})
     return {"groups": table, "definitions": definitions}
 
 
 def markdown(summary: dict[str, Any]) -> str:
-    head = ["group", "seeds", *(title for _, title in COLUMNS)]
+    head = ["group", "seeds", *(title for _, title in COLUMNS), "failed searches (sum over seeds)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for group, row in summary["groups"].items():
         cells = [GROUPS[group], str(row["seeds"])]
         for key, _ in COLUMNS:
             m, s = row[key]["mean"], row[key]["std"]
             cells.append(f"{m:.4f} ± {s:.4f}" if row["seeds"] > 1 else f"{m:.4f}")
+        cells.append(str(row["searches_failed"]))
         lines.append("| " + " | ".join(cells) + " |")
+    failed = {
+        GROUPS[g]: row["searches_failed"] for g, row in summary["groups"].items() if row["searches_failed"]
+    }
+    if failed:
+        lines += [
+            "",
+            "Failed searches (the retriever did not answer) in "
+            + ", ".join(f"{g}: {n}" for g, n in failed.items())
+            + "; each was a failure observation to the model, within the evaluation's max_failed_share.",
+        ]
     return "\n".join(lines) + "\n"
 
 

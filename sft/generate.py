@@ -15,6 +15,11 @@ each, flushed and fsynced per batch. On restart the file is read back, a torn la
 off, finished ``(uid, sample)`` pairs are skipped and the rest is generated. Sample ``k`` uses seed
 ``seed + k`` and the oracle is deterministic given its seed, so an interrupted-and-resumed run
 writes the same file as an uninterrupted one.
+
+A failed search (the retriever down) would teach the student failure observations, and once written
+resume would count the question as done; so a question with a failed search in any sample is not
+written at all, and the run ends with exit code 3 and the number of questions left: rerun it once
+the retriever is back and resume generates just those.
 """
 
 from __future__ import annotations
@@ -40,11 +45,15 @@ from search_r1.agent.rollout import Retriever, run_episode
 from search_r1.agent.trajectory import Trajectory
 from search_r1.config import die, parse_config
 from search_r1.data.schema import read_parquet, uid_of
+from search_r1.eval.faults import REFUSED_EXIT
 from search_r1.rewards.metrics import exact_match
 from sft.config import DEFAULT_CONFIG, SFTConfig, TeacherConfig
 from sft.oracle import OracleTeacher, load_oracle_questions
 
 _TIMINGS = ("generation_s", "retrieval_s")
+# Questions left for a rerun (a failed search) per trajectory file, for main's exit code: the practice
+# worlds reach generate() through sft.practice, whose return value is only the list of files.
+LEFT_FOR_RERUN: dict[Path, int] = {}
 
 
 @dataclass
@@ -133,7 +142,8 @@ async def _episodes(
     protocol: ProtocolConfig,
     cfg: SFTConfig,
     todo: list[int],
-) -> list[Trajectory]:
+) -> list[Trajectory] | None:
+    """The samples ``todo`` of ``q``; None when one of them had a failed search (nothing to write)."""
     prompt_ids = list(
         tokenizer.apply_chat_template(
             q.messages, add_generation_prompt=True, tokenize=True, return_dict=False
@@ -148,6 +158,8 @@ async def _episodes(
         for k in todo:  # a question's samples run one after another; questions run concurrently
             sampling = SamplingParams(temperature=cfg.generate.temperature, seed=cfg.generate.seed + k)
             traj = await run_episode(engine, tokenizer, retriever, prompt_ids, protocol, sampling, q.uid, k)
+            if traj.num_retrieval_failures:
+                return None
             for key in _TIMINGS:  # wall-clock numbers would make a resumed file differ from a clean run
                 traj.extra.pop(key, None)
             traj.extra.update(
@@ -168,7 +180,7 @@ async def generate(
     out: Path | None = None,
 ) -> Path:
     """Append every missing ``(question, sample)`` to ``out`` (default ``cfg.trajectories``); returns
-    its path.
+    its path. Questions with a failed search are skipped and counted in ``LEFT_FOR_RERUN[out]``.
 
     ``stop_after_batches`` simulates a crash (tests): return early, as a killed process would.
     """
@@ -176,6 +188,7 @@ async def generate(
     out.parent.mkdir(parents=True, exist_ok=True)
     pending = missing(out, questions, cfg.generate.n_samples)
     bs = cfg.generate.batch_size
+    LEFT_FOR_RERUN[out] = 0
     with out.open("a", encoding="utf-8") as f, tqdm(total=len(pending), desc="teacher", unit="q") as bar:
         for b, start in enumerate(range(0, len(pending), bs)):
             if stop_after_batches is not None and b >= stop_after_batches:
@@ -185,6 +198,9 @@ async def generate(
                 *(_episodes(q, engine, tokenizer, retriever, protocol, cfg, todo) for q, todo in batch)
             )
             for trajs in results:  # in question order, so a resumed run writes the same bytes
+                if trajs is None:
+                    LEFT_FOR_RERUN[out] += 1
+                    continue
                 for t in trajs:
                     f.write(json.dumps(t.to_dict(), ensure_ascii=False) + "\n")
             f.flush()
@@ -250,6 +266,14 @@ def main(argv: list[str] | None = None) -> None:
     wall = round(time.perf_counter() - t0, 1)
     summary = {str(p): summarize(p) for p in paths} | {"wall_s": wall}
     print(f"[sft.generate] {len(paths)} trajectory file(s)\n{json.dumps(summary, indent=1)}")
+    if left := sum(LEFT_FOR_RERUN.values()):
+        print(
+            f"[sft.generate] {left} questions had a failed search and were not written "
+            f"(retriever at {cfg.generate.retriever_url} or a practice world's down?); "
+            "rerun once the retriever is back to generate just those",
+            flush=True,
+        )
+        raise SystemExit(REFUSED_EXIT)
 
 
 if __name__ == "__main__":

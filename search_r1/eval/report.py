@@ -7,6 +7,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+from search_r1.eval.faults import failed_share
 from search_r1.rewards.metrics import METRIC_DEFINITIONS
 
 SCORE_KEYS = ("em", "cover_em", "f1", "rouge_l", "format_valid", "has_answer")
@@ -14,6 +15,10 @@ DEFINITIONS = METRIC_DEFINITIONS | {
     "format_valid": "share of responses that follow the tag grammar (search_r1.rewards.format)",
     "has_answer": "share of responses that end with a complete <answer>",
     "searches": "mean search actions per question",
+    "searches_failed": "search actions whose retrieval failed (timeout, refused connection, 5xx after the "
+    "client's retries): the model saw a failure observation instead of passages",
+    "searches_failed_share": "searches_failed / all search actions (0 when nothing was searched); above "
+    "max_failed_share the run refuses to publish a score",
     "turns": "mean model turns per question",
     "valid_action_ratio": "turns with a complete search/answer action / all turns",
     "em_by_searches": "EM of the questions grouped by their number of searches",
@@ -29,7 +34,9 @@ def _summary(preds: list[dict[str, Any]]) -> dict[str, Any]:
     out["searches"] = sum(p["num_searches"] for p in preds) / n
     out["turns"] = len(turns) / n
     out["valid_action_ratio"] = sum(t["action"] in ("search", "answer") for t in turns) / max(len(turns), 1)
-    out["retrieval_failures"] = sum(t["retrieval_failed"] for t in turns)
+    searches = sum(p["num_searches"] for p in preds)
+    out["searches_failed"] = sum(p["retrieval_failures"] for p in preds)
+    out["searches_failed_share"] = failed_share(out["searches_failed"], searches)
     out["finish_reasons"] = dict(Counter(p["finish_reason"] for p in preds))
     by_s: dict[int, list[float]] = defaultdict(list)
     for p in preds:
@@ -82,7 +89,7 @@ def render_report(results: dict[str, Any], predictions: list[dict[str, Any]], sa
         + "".join(f"| {k} | {v['n']} | {v['em']:.4f} |\n" for k, v in m["overall"]["em_by_searches"].items()),
         "## Rollout",
         "",
-        f"finish reasons: {m['overall']['finish_reasons']}; retrieval failures: {m['overall']['retrieval_failures']}; "
+        f"finish reasons: {m['overall']['finish_reasons']}; failed searches: {m['overall']['searches_failed']}; "
         f"tokens generated {results['rollout']['tokens_generated']} / kept {results['rollout']['tokens_kept']}; "
         f"{results['rollout']['questions_per_s']:.2f} questions/s",
         "",

@@ -12,6 +12,11 @@ Every mode runs through the same rollout, so the three are scored identically:
 Greedy by default (``temperature=0``), every row of every file is evaluated (no dropped tail;
 ``max_examples`` takes a prefix only when asked). Outputs in ``out_dir``: ``results.json``,
 ``predictions.jsonl``, ``report.md`` and PNG plots (see ``search_r1.eval.report``).
+
+A retriever outage mid-run turns searches into failure observations. The questions they hit are
+rerun once the retriever answers ``/health`` again (``retry_failed_s``, ``retry_rounds``); if the
+share of failed searches is still above ``max_failed_share``, no score is published: ``refused.json``
+instead of ``results.json``, one line, exit code 3 (``search_r1.eval.faults``).
 """
 
 from __future__ import annotations
@@ -31,9 +36,11 @@ from search_r1.agent.engines.base import SamplingParams
 from search_r1.agent.engines.registry import make_engine
 from search_r1.agent.prompt import render_prompt
 from search_r1.agent.protocol import ProtocolConfig, format_docs, truncate_docs
-from search_r1.agent.rollout import rollout
+from search_r1.agent.rollout import RolloutStats, rollout
+from search_r1.agent.trajectory import Trajectory
 from search_r1.config import to_dict
 from search_r1.data.schema import read_parquet, uid_of
+from search_r1.eval.faults import REFUSED_EXIT, Refused, failed_note, refusal
 from search_r1.eval.report import aggregate, write_outputs
 from search_r1.paths import MODELS_DIR, REPO_ROOT, RUNS_DIR, WORLD_DIR
 from search_r1.rewards.score import compute_score, golds_of
@@ -93,6 +100,20 @@ class EvalConfig:
     wandb: bool = field(default=False, metadata={"help": "log metrics and sample trajectories to wandb"})
     wandb_project: str = field(default="search-r1-eval", metadata={"help": "wandb project"})
     samples_in_report: int = field(default=5, metadata={"help": "example trajectories in report.md / wandb"})
+    retry_failed_s: float = field(
+        default=60.0,
+        metadata={
+            "help": "after the rollout, wait up to this long for the retriever, then rerun the "
+            "questions that had a failed search"
+        },
+    )
+    retry_rounds: int = field(default=2, metadata={"help": "at most this many reruns of failed questions"})
+    max_failed_share: float = field(
+        default=0.02,
+        metadata={
+            "help": "refuse to publish (refused.json, exit 3) when failed / all searches is above this"
+        },
+    )
 
 
 def git_commit() -> str:
@@ -136,9 +157,17 @@ async def build_prompts(
     questions = [r["extra_info"]["question"] for r in rows]
     if cfg.mode == "direct":
         return [chat_ids(tokenizer, render_prompt(q, cfg.direct_template)) for q in questions]
+    from search_r1.retrieval.client import RetrieverError
+
     results = []
-    for i in range(0, len(questions), 256):  # rag: one batched retrieval per 256 questions
-        results += await retriever.retrieve(questions[i : i + 256], topk=cfg.agent.topk)
+    try:
+        for i in range(0, len(questions), 256):  # rag: one batched retrieval per 256 questions
+            results += await retriever.retrieve(questions[i : i + 256], topk=cfg.agent.topk)
+    except RetrieverError as exc:  # a prompt without its passages would score the outage, not the model
+        raise Refused(
+            f"refused: the rag retrieval failed ({exc}); the retriever at {cfg.retriever_url} was down "
+            "— rerun when it is up"
+        ) from None
     return [
         chat_ids(
             tokenizer,
@@ -148,6 +177,22 @@ async def build_prompts(
         )
         for q, d in zip(questions, results, strict=True)
     ]
+
+
+async def wait_for_retriever(retriever: Any, seconds: float) -> bool:
+    """Poll ``/health`` for up to ``seconds`` (at least once); True as soon as the retriever answers."""
+    from search_r1.retrieval.client import RetrieverError
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            await asyncio.wait_for(retriever.health(), max(deadline - time.monotonic(), 1.0))
+            return True
+        except (RetrieverError, TimeoutError):
+            pass
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(min(1.0, max(deadline - time.monotonic(), 0.0)))
 
 
 def default_name(cfg: EvalConfig) -> str:
@@ -182,39 +227,66 @@ async def evaluate(cfg: EvalConfig) -> Path:
     sampling = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed)
     prompts = await build_prompts(cfg, rows, tokenizer, retriever)
 
-    scores: list[dict[str, float] | None] = [None] * len(rows)
-    bar = tqdm(total=len(rows), desc=f"eval {cfg.mode}", unit="q", dynamic_ncols=True)
-
-    def on_done(i: int, traj: Any) -> None:
-        response = tokenizer.decode(traj.response_ids, skip_special_tokens=True)
-        scores[i] = compute_score(rows[i]["data_source"], response, rows[i]["reward_model"]["ground_truth"])
-        done = [s for s in scores if s is not None]
-        bar.set_postfix(em=f"{sum(s['em'] for s in done) / len(done):.3f}")
-        bar.update()
-
     uids = [uid_of(r) for r in rows]
+    scores: list[dict[str, float] | None] = [None] * len(rows)
+    trajectories: list[Trajectory | None] = [None] * len(rows)
+
+    async def run(idx: list[int], desc: str) -> float:
+        """Roll out the rows ``idx``, replacing earlier trajectories and scores; returns the wall time."""
+        bar = tqdm(total=len(idx), desc=desc, unit="q", dynamic_ncols=True)
+
+        def on_done(j: int, traj: Trajectory) -> None:
+            i = idx[j]
+            response = tokenizer.decode(traj.response_ids, skip_special_tokens=True)
+            scores[i] = compute_score(
+                rows[i]["data_source"], response, rows[i]["reward_model"]["ground_truth"]
+            )
+            trajectories[i] = traj
+            done = [s for s in scores if s is not None]
+            bar.set_postfix(em=f"{sum(s['em'] for s in done) / len(done):.3f}")
+            bar.update()
+
+        try:
+            batch = await rollout(
+                engine,
+                tokenizer,
+                retriever,
+                [prompts[i] for i in idx],
+                protocol,
+                sampling,
+                [uids[i] for i in idx],
+                max_concurrency=cfg.max_concurrency,
+                on_done=on_done,
+            )
+        finally:
+            bar.close()
+        return batch.stats.wall_s
+
     try:
-        batch = await rollout(
-            engine,
-            tokenizer,
-            retriever,
-            prompts,
-            protocol,
-            sampling,
-            uids,
-            max_concurrency=cfg.max_concurrency,
-            on_done=on_done,
-        )
+        wall_s = await run(list(range(len(rows))), f"eval {cfg.mode}")
+        # Greedy decoding is deterministic, so rerunning a question once the retriever is back gives
+        # the trajectory an uninterrupted run would have had.
+        for attempt in range(1, cfg.retry_rounds + 1):
+            failed = [i for i, t in enumerate(trajectories) if t is not None and t.num_retrieval_failures]
+            if not failed:
+                break
+            print(
+                f"[eval] {len(failed)} questions had a failed search; waiting up to {cfg.retry_failed_s:g} s "
+                f"for the retriever at {cfg.retriever_url}",
+                flush=True,
+            )
+            if not await wait_for_retriever(retriever, cfg.retry_failed_s):
+                break
+            wall_s += await run(failed, f"retry {attempt}")
     finally:
-        bar.close()
         if retriever is not None:
             await retriever.aclose()
-    assert len(batch.trajectories) == len(rows) and all(s is not None for s in scores), (
+    assert all(t is not None for t in trajectories) and all(s is not None for s in scores), (
         "an example was dropped"
     )
 
     predictions = []
-    for row, traj, score in zip(rows, batch.trajectories, scores, strict=True):
+    for row, traj, score in zip(rows, trajectories, scores, strict=True):
         predictions.append(
             {
                 "uid": traj.uid,
@@ -224,6 +296,7 @@ async def evaluate(cfg: EvalConfig) -> Path:
                 "prediction": traj.final_answer,
                 "metrics": score,
                 "num_searches": traj.num_searches,
+                "retrieval_failures": traj.num_retrieval_failures,
                 "finish_reason": traj.finish_reason,
                 "response": tokenizer.decode(traj.response_ids, skip_special_tokens=True),
                 "trajectory": traj.to_dict(),
@@ -236,8 +309,15 @@ async def evaluate(cfg: EvalConfig) -> Path:
         "git_commit": git_commit(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "metrics": aggregate(predictions),
-        "rollout": batch.stats.to_dict(),
+        "rollout": RolloutStats.of(trajectories, wall_s).to_dict(),
     }
+    overall = results["metrics"]["overall"]
+    searches = sum(p["num_searches"] for p in predictions)
+    reason = refusal(overall["searches_failed"], searches, cfg.max_failed_share, cfg.retriever_url)
+    if reason is not None:  # no results.json: a rerun of the stage redoes it
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "refused.json").write_text(json.dumps(results | {"reason": reason}, indent=2) + "\n")
+        raise Refused(reason)
     write_outputs(out, results, predictions, cfg.samples_in_report)
     if cfg.wandb:
         _log_wandb(cfg, name, results, predictions)
@@ -284,8 +364,12 @@ def main(argv: list[str] | None = None) -> None:
         out = asyncio.run(evaluate(cfg))
     except RetrieverAuthError as exc:  # a configuration error: one line, not a traceback
         die(str(exc))
+    except Refused as exc:
+        print(f"[eval] {exc}", flush=True)
+        raise SystemExit(REFUSED_EXIT) from None
     overall = json.loads((out / "results.json").read_text())["metrics"]["overall"]
+    searches = round(overall["searches"] * overall["n"])
     print(
         f"[eval] {overall['n']} examples  EM {overall['em']:.4f}  F1 {overall['f1']:.4f}  "
-        f"ROUGE-L {overall['rouge_l']:.4f}  -> {out}"
+        f"ROUGE-L {overall['rouge_l']:.4f}{failed_note(overall['searches_failed'], searches)}  -> {out}"
     )

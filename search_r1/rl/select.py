@@ -9,6 +9,10 @@ strictly between ``min_pass`` and ``max_pass`` to a parquet for ``data.train_fil
 question's rate beside it (``<out>.pass_rates.json``). Curating RL prompts by the starting
 policy's pass rate is common practice; DAPO's dynamic sampling does it online.
 
+A sample with a failed search (the retriever down) says nothing about the policy, so its question is
+not classified at all (neither kept nor dropped); the report counts them as ``unclassified`` and the
+pass exits with code 3, to be rerun once the retriever is up.
+
     python -m search_r1.rl.select model=data/models/tiny-sft \\
         train_files=outputs/world/practice/seed3/train.parquet out=outputs/rl/sometimes.parquet
 """
@@ -32,6 +36,7 @@ from search_r1.agent.protocol import ProtocolConfig
 from search_r1.agent.rollout import rollout
 from search_r1.config import parse_config, to_dict
 from search_r1.data.schema import read_parquet, uid_of
+from search_r1.eval.faults import REFUSED_EXIT
 from search_r1.paths import CONFIG_DIR, WORLD_DIR
 from search_r1.rl.config import DataConfig, RetrieverConfig
 from search_r1.rl.retriever import open_retriever
@@ -57,8 +62,9 @@ class SelectConfig:
     retriever: RetrieverConfig = field(default_factory=RetrieverConfig)
 
 
-def pass_rates(cfg: SelectConfig) -> dict[str, float]:
-    """Exact-match rate of ``cfg.n`` samples of each of ``max_questions`` questions."""
+def pass_rates(cfg: SelectConfig) -> tuple[dict[str, float], list[str]]:
+    """Exact-match rate of ``cfg.n`` samples of each of ``max_questions`` questions, and the questions
+    left unrated because one of their samples had a failed search."""
     tokenizer = AutoTokenizer.from_pretrained(cfg.model)
     model = AutoModelForCausalLM.from_pretrained(cfg.model).eval()
     rows = train_rows(
@@ -87,32 +93,49 @@ def pass_rates(cfg: SelectConfig) -> dict[str, float]:
         )
     em = [s["em"] for s in score_rollout(tokenizer, rows, out.trajectories, cfg.n, {})]
     per_question = np.array(em).reshape(len(rows), cfg.n).mean(axis=1)
-    return dict(zip(uids, per_question.tolist(), strict=True))
+    failed = np.array([t.num_retrieval_failures for t in out.trajectories]).reshape(len(rows), cfg.n)
+    unrated = {u for u, f in zip(uids, failed.sum(axis=1), strict=True) if f}
+    rates = {u: p for u, p in zip(uids, per_question.tolist(), strict=True) if u not in unrated}
+    return rates, [u for u in uids if u in unrated]
 
 
 def select(cfg: SelectConfig) -> Path:
     """Write the rows of ``train_files`` whose pass rate is in (min_pass, max_pass) to ``cfg.out``."""
     if not cfg.model or not cfg.out:
         raise ValueError("select needs model= and out=")
-    rates = pass_rates(cfg)
+    rates, unclassified = pass_rates(cfg)
     keep = {uid for uid, p in rates.items() if cfg.min_pass < p < cfg.max_pass}
     table = pq.read_table(cfg.train_files)
     rows = read_parquet(cfg.train_files)
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table.take([i for i, r in enumerate(rows) if uid_of(r) in keep]), out)
-    report = {"config": to_dict(cfg), "selected": len(keep), "pass_rates": rates}
+    report = {
+        "config": to_dict(cfg),
+        "selected": len(keep),
+        "unclassified": len(unclassified),
+        "unclassified_uids": unclassified,
+        "pass_rates": rates,
+    }
     out.with_suffix(".pass_rates.json").write_text(json.dumps(report, indent=1))
     never, always = sum(p == 0 for p in rates.values()), sum(p == 1 for p in rates.values())
     print(
-        f"[select] {len(rates)} questions × {cfg.n} samples: {never} never solved, {always} always, "
+        f"[select] {len(rates)} rated questions × {cfg.n} samples: {never} never solved, {always} always, "
         f"{len(keep)} kept ({cfg.min_pass} < pass rate < {cfg.max_pass}) -> {out}"
     )
+    if unclassified:
+        print(
+            f"[select] {len(unclassified)} questions had a failed search and were not classified; "
+            "rerun when the retriever is up",
+            flush=True,
+        )
     return out
 
 
 def main(argv: list[str] | None = None) -> None:
-    select(parse_config(SelectConfig, __doc__.splitlines()[0], None, argv))
+    out = select(parse_config(SelectConfig, __doc__.splitlines()[0], None, argv))
+    if json.loads(out.with_suffix(".pass_rates.json").read_text())["unclassified"]:
+        raise SystemExit(REFUSED_EXIT)  # a pipeline must not train on a partial selection
 
 
 if __name__ == "__main__":
