@@ -221,3 +221,11 @@ def test_index_without_stored_documents_reads_the_docstore(tmp_path, world):
     hits = LuceneRetriever(str(tmp_path / "bare"), docstore=DocStore(store)).retrieve(["river castle"], 3)[0]
     assert len(hits) == 3
     assert all(h.contents == rows[int(h.id)]["contents"] for h in hits)
+
+
+def test_batched_and_single_searches_agree(world_lucene, world):
+    """Big micro-batches go through Anserini's multithreaded batch search, small ones through single
+    searches: the hits and scores must not depend on the path."""
+    questions = [q["question"] for q in read_jsonl(world.questions)[:40]]
+    lucene = LuceneRetriever(str(world_lucene / LUCENE_DIR), threads=2)
+    assert lucene.retrieve(questions, 5) == [lucene.retrieve([q], 5)[0] for q in questions]
