@@ -191,7 +191,8 @@ def test_recall_at_3_close_to_bm25s(lucene_url, bm25_url, world):
     questions = read_jsonl(world.questions)
     lucene, bm25s = recall_at(lucene_url, questions, 3), recall_at(bm25_url, questions, 3)
     print(
-        f"\nrecall@3 of the gold passage over {len(questions)} questions: pyserini {lucene:.3f}, bm25s {bm25s:.3f}"
+        f"\nrecall@3 of the gold passage over {len(questions)} questions: "
+        f"pyserini {lucene:.3f}, bm25s {bm25s:.3f}"
     )
     assert lucene >= 0.5 and abs(lucene - bm25s) <= 0.05
 

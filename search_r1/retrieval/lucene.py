@@ -200,8 +200,8 @@ class LuceneRetriever:
         if not self.has_raw and self.n_docs:
             if docstore is None:
                 raise FileNotFoundError(
-                    f"the Lucene index {index} stores no documents: set index_dir= to an index folder "
-                    "with the same corpus's docstore (e.g. outputs/indexes/wiki18 from scripts/download_wiki18.py)"
+                    f"the Lucene index {index} stores no documents: set index_dir= to an index folder with "
+                    "the same corpus's docstore (e.g. outputs/indexes/wiki18 from scripts/download_wiki18.py)"
                 )
             if len(docstore) != self.n_docs:
                 raise ValueError(
