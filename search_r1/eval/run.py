@@ -157,12 +157,14 @@ async def build_prompts(
     questions = [r["extra_info"]["question"] for r in rows]
     if cfg.mode == "direct":
         return [chat_ids(tokenizer, render_prompt(q, cfg.direct_template)) for q in questions]
-    from search_r1.retrieval.client import RetrieverError
+    from search_r1.retrieval.client import RetrieverAuthError, RetrieverError
 
     results = []
     try:
         for i in range(0, len(questions), 256):  # rag: one batched retrieval per 256 questions
             results += await retriever.retrieve(questions[i : i + 256], topk=cfg.agent.topk)
+    except RetrieverAuthError:
+        raise  # a configuration error, said as such by main
     except RetrieverError as exc:  # a prompt without its passages would score the outage, not the model
         raise Refused(
             f"refused: the rag retrieval failed ({exc}); the retriever at {cfg.retriever_url} was down "
