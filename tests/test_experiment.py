@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -61,23 +66,53 @@ def test_runner_in_miniature_produces_all_four_groups_and_the_table(tiny_model, 
 
 
 @pytest.mark.slow
+def _kill_when(cmd: list[str], starts: str, log: Path) -> None:
+    """Run the runner as a process of its own group and SIGKILL the group (runner, its services and
+    the stage in flight, as a lost terminal or node would) as soon as stage ``starts`` begins."""
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=REPO_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            out.write(line)
+            if line.startswith(f"[experiment] {starts}: "):
+                os.killpg(proc.pid, signal.SIGKILL)
+                break
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, log.read_text()[-2000:]
+
+
 def test_rehearsal_of_the_paper_plan_runs_every_stage_for_real(tiny_model, tmp_path, capsys):
-    """configs/experiment/rehearsal.yaml in miniature: the paper plan's stages on CPU stand-ins."""
+    """configs/experiment/rehearsal.yaml in miniature: the paper plan's stages on CPU stand-ins,
+    killed mid-way once and resumed."""
     from search_r1.data.schema import read_parquet
     from search_r1.experiment import plan
 
-    cfg = load_config(
-        ExperimentConfig,
-        CONFIG_DIR / "experiment" / "rehearsal.yaml",
-        [
-            f"out_dir={tmp_path}",
-            "sft_overrides=[generate.max_questions=24,generate.n_samples=1,llamafactory.max_steps=3,llamafactory.save_steps=3,check.max_questions=8]",
-            "rl_overrides=[data.train_files=outputs/rehearsal/data/qa/nq/train.parquet,trainer.total_training_steps=1,data.train_batch_size=2,actor_rollout_ref.rollout.n=2,actor_rollout_ref.actor.ppo_mini_batch_size=2]",
-            "eval_overrides=[max_examples=12]",
-            "verl_rehearsal_args=[rehearsal.rows=2]",
-        ],
-    )
+    overrides = [
+        f"out_dir={tmp_path}",
+        "sft_overrides=[generate.max_questions=24,generate.n_samples=1,llamafactory.max_steps=3,llamafactory.save_steps=3,check.max_questions=8]",
+        "rl_overrides=[data.train_files=outputs/rehearsal/data/qa/nq/train.parquet,trainer.total_training_steps=1,data.train_batch_size=2,actor_rollout_ref.rollout.n=2,actor_rollout_ref.actor.ppo_mini_batch_size=2]",
+        "eval_overrides=[max_examples=12]",
+        "verl_rehearsal_args=[rehearsal.rows=2]",
+    ]
+    config = CONFIG_DIR / "experiment" / "rehearsal.yaml"
+    cfg = load_config(ExperimentConfig, config, overrides)
+    # killed while SFT trains: the stages before it are done and skipped by the next call, SFT runs again
+    runner = [sys.executable, "-m", "search_r1.experiment", "--config", str(config), *overrides]
+    _kill_when(runner, "seed0/sft", tmp_path / "killed.log")
+    assert not (tmp_path / "stages" / "seed0" / "sft.done").exists()
+    capsys.readouterr()
     summary = run_experiment(cfg)
+    printed = capsys.readouterr().out
+    for stage in ("mirror", "data", "wiki18", "baseline", "seed0/trajectories"):
+        assert f"skip {stage}: done" in printed, stage
+    assert "[experiment] seed0/sft: " in printed and "[retriever] up at" in printed
     assert set(summary["groups"]) == set(GROUPS)
     assert all(row["n_questions"] == 12 for row in summary["groups"].values())
 
