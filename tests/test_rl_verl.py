@@ -34,6 +34,29 @@ def toy_dir(tmp_path_factory) -> Path:
     return out
 
 
+def _toy_loop_config(
+    tmp_path: Path, toy_dir: Path, protocol_overrides: list[str], name: str = "verl_ppo", *extra: str
+):
+    """Our verl config for the toy model, with an agent-loop yaml whose protocol fits its context."""
+    loops = tmp_path / "agent_loops.yaml"
+    loops.write_text(
+        f"- name: search_r1_agent\n  _target_: search_r1.rl.agent_loop.SearchAgentLoop\n"
+        f"  retriever_url: http://127.0.0.1:1\n  protocol: configs/agent/tiny.yaml\n"
+        f"  protocol_overrides: {protocol_overrides}\n"
+    )
+    return compose_config(
+        name,
+        [
+            f"actor_rollout_ref.model.path={toy_dir}",
+            f"actor_rollout_ref.rollout.agent.agent_loop_config_path={loops}",
+            "data.max_prompt_length=128",
+            "data.max_response_length=512",
+            "actor_rollout_ref.rollout.temperature=0",
+            *extra,
+        ],
+    )
+
+
 @pytest.mark.parametrize("name", CONFIGS)
 def test_config_composes_over_verl_defaults_and_validates(name, toy_dir) -> None:
     cfg = check(name, [f"actor_rollout_ref.model.path={toy_dir}"])  # raises on unknown keys / invalid values
@@ -79,28 +102,13 @@ def test_agent_loop_in_verl_worker_returns_our_observation_mask(toy_dir, tmp_pat
     from search_r1.rl.config import ActorConfig
     from search_r1.rl.trainer import actor_loss
 
-    loops = tmp_path / "agent_loops.yaml"
     overrides = [
         f"{k}={getattr(TOY_CFG, k)}"
         for k in ("max_turns", "topk", "max_obs_tokens", "max_turn_tokens", "max_response_tokens")
     ]
-    loops.write_text(
-        f"- name: search_r1_agent\n  _target_: search_r1.rl.agent_loop.SearchAgentLoop\n"
-        f"  retriever_url: http://127.0.0.1:1\n  protocol: configs/agent/tiny.yaml\n"
-        f"  protocol_overrides: {overrides}\n"
-    )
     retriever = MemoryRetriever()
     monkeypatch.setattr(agent_loop, "_client", lambda *args: retriever)
-    cfg = compose_config(
-        "verl_ppo",
-        [
-            f"actor_rollout_ref.model.path={toy_dir}",
-            f"actor_rollout_ref.rollout.agent.agent_loop_config_path={loops}",
-            "data.max_prompt_length=128",
-            "data.max_response_length=512",
-            "actor_rollout_ref.rollout.temperature=0",
-        ],
-    )
+    cfg = _toy_loop_config(tmp_path, toy_dir, overrides)
     tok = toy_tokenizer()
     from transformers import AutoModelForCausalLM
 
@@ -217,26 +225,10 @@ def _scored_batch(toy_dir: Path, tmp_path: Path, monkeypatch, retriever, name: s
     import search_r1.rl.agent_loop as agent_loop
     from search_r1.rl.verl_rehearsal import generate
 
-    loops = tmp_path / "agent_loops.yaml"
     overrides = [f"max_turns={TOY_CFG.max_turns}", f"topk={TOY_CFG.topk}", "max_response_tokens=400"]
-    loops.write_text(
-        f"- name: search_r1_agent\n  _target_: search_r1.rl.agent_loop.SearchAgentLoop\n"
-        f"  retriever_url: http://127.0.0.1:1\n  protocol: configs/agent/tiny.yaml\n"
-        f"  protocol_overrides: {overrides}\n"
-    )
     monkeypatch.setattr(agent_loop, "_client", lambda *args: retriever)
     monkeypatch.chdir(REPO_ROOT)  # verl resolves custom_reward_function.path from the working directory
-    cfg = compose_config(
-        name,
-        [
-            f"actor_rollout_ref.model.path={toy_dir}",
-            f"actor_rollout_ref.rollout.agent.agent_loop_config_path={loops}",
-            "data.max_prompt_length=128",
-            "data.max_response_length=512",
-            "actor_rollout_ref.rollout.temperature=0",
-            "actor_rollout_ref.rollout.n=1",
-        ],
-    )
+    cfg = _toy_loop_config(tmp_path, toy_dir, overrides, name, "actor_rollout_ref.rollout.n=1")
     from transformers import AutoModelForCausalLM
 
     manager = InProcessServerManager(HFEngine(AutoModelForCausalLM.from_pretrained(toy_dir), toy_tokenizer()))
@@ -378,25 +370,9 @@ def _v1_step_batch(toy_dir: Path, tmp_path: Path, monkeypatch, retriever, n: int
     for name in ("kv_batch_put", "async_kv_batch_put", "async_kv_put", "kv_batch_get"):
         monkeypatch.setattr(tq, name, getattr(store, name))
     monkeypatch.setattr(tq, "init", lambda *args, **kwargs: None)
-    loops = tmp_path / "agent_loops.yaml"
     overrides = [f"max_turns={TOY_CFG.max_turns}", f"topk={TOY_CFG.topk}", "max_response_tokens=400"]
-    loops.write_text(
-        f"- name: search_r1_agent\n  _target_: search_r1.rl.agent_loop.SearchAgentLoop\n"
-        f"  retriever_url: http://127.0.0.1:1\n  protocol: configs/agent/tiny.yaml\n"
-        f"  protocol_overrides: {overrides}\n"
-    )
     monkeypatch.setattr(agent_loop, "_client", lambda *args: retriever)
-    cfg = compose_config(
-        "verl_ppo",
-        [
-            f"actor_rollout_ref.model.path={toy_dir}",
-            f"actor_rollout_ref.rollout.agent.agent_loop_config_path={loops}",
-            "data.max_prompt_length=128",
-            "data.max_response_length=512",
-            "actor_rollout_ref.rollout.temperature=0",
-            "actor_rollout_ref.rollout.n=1",
-        ],
-    )
+    cfg = _toy_loop_config(tmp_path, toy_dir, overrides, "verl_ppo", "actor_rollout_ref.rollout.n=1")
     tok = toy_tokenizer()
     manager = InProcessServerManager(HFEngine(AutoModelForCausalLM.from_pretrained(toy_dir), tok))
     prompts = tu.get_tensordict(
