@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -66,9 +67,11 @@ def test_runner_in_miniature_produces_all_four_groups_and_the_table(tiny_model, 
 
 
 @pytest.mark.slow
-def _kill_when(cmd: list[str], starts: str, log: Path) -> None:
-    """Run the runner as a process of its own group and SIGKILL the group (runner, its services and
-    the stage in flight, as a lost terminal or node would) as soon as stage ``starts`` begins."""
+def _kill_when(cmd: list[str], starts: str, log: Path, target: str) -> str:
+    """Run the runner in a process group of its own and, as soon as stage ``starts`` begins, SIGKILL
+    either the whole group (``runner``: the runner, its services and the stage in flight, as a lost
+    terminal or node would) or only its retriever service (``retriever``); returns the output."""
+    retriever = 0
     with log.open("w") as out:
         proc = subprocess.Popen(
             cmd,
@@ -81,11 +84,17 @@ def _kill_when(cmd: list[str], starts: str, log: Path) -> None:
         assert proc.stdout is not None
         for line in proc.stdout:
             out.write(line)
+            if found := re.search(r"^\[retriever\] up at \S+ \(pid (\d+)", line):
+                retriever = int(found.group(1))
             if line.startswith(f"[experiment] {starts}: "):
-                os.killpg(proc.pid, signal.SIGKILL)
-                break
-        proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, log.read_text()[-2000:]
+                if target == "runner":
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    break
+                os.kill(retriever, signal.SIGKILL)
+        proc.wait(timeout=600)
+    expected = -signal.SIGKILL if target == "runner" else 1
+    assert proc.returncode == expected, log.read_text()[-3000:]
+    return log.read_text()
 
 
 def test_rehearsal_of_the_paper_plan_runs_every_stage_for_real(tiny_model, tmp_path, capsys):
@@ -103,9 +112,14 @@ def test_rehearsal_of_the_paper_plan_runs_every_stage_for_real(tiny_model, tmp_p
     ]
     config = CONFIG_DIR / "experiment" / "rehearsal.yaml"
     cfg = load_config(ExperimentConfig, config, overrides)
-    # killed while SFT trains: the stages before it are done and skipped by the next call, SFT runs again
     runner = [sys.executable, "-m", "search_r1.experiment", "--config", str(config), *overrides]
-    _kill_when(runner, "seed0/sft", tmp_path / "killed.log")
+    # the retriever dies while the teacher works: the teacher keeps no trajectory with a failed search,
+    # exits 3, and the runner stops on that stage (nothing after it runs on a dead retriever)
+    text = _kill_when(runner, "seed0/trajectories", tmp_path / "retriever_killed.log", "retriever")
+    assert "seed0/trajectories failed (exit 3)" in text and "had a failed search" in text
+    assert "[experiment] seed0/sft: " not in text and (tmp_path / "stages" / "baseline.done").exists()
+    # killed while SFT trains: the stages before it are done and skipped by the next call, SFT runs again
+    _kill_when(runner, "seed0/sft", tmp_path / "runner_killed.log", "runner")
     assert not (tmp_path / "stages" / "seed0" / "sft.done").exists()
     capsys.readouterr()
     summary = run_experiment(cfg)

@@ -260,6 +260,36 @@ def test_sft_check_refuses_when_the_retriever_dies(world, server, tmp_path) -> N
     assert not out.exists()
 
 
+@pytest.mark.slow
+def test_sft_check_killed_midway_reruns_to_the_uninterrupted_result(world, server, tmp_path) -> None:
+    def check(out: Path, log: Path) -> subprocess.Popen:
+        args = [
+            "sft.evaluate",
+            f"models=[{SFT_MODEL},{SFT_MODEL}]",
+            f"world_dir={world.root}",
+            f"retriever_url={server.url}",
+            "max_questions=12",
+            "device=cpu",
+            f"out={out}",
+        ]
+        return stage(args, log)
+
+    reference, log = tmp_path / "reference.json", tmp_path / "check.log"
+    rc, text = finish(check(reference, log), log)
+    assert rc == 0, text[-3000:]
+    out = tmp_path / "eval_test.json"
+    proc = check(out, log)
+    wait_for(
+        proc, lambda: log.read_text(errors="replace").count("[sft.evaluate] ") >= 1, "one model was checked"
+    )
+    proc.kill()
+    proc.wait()
+    assert not out.exists()  # killed before its end: nothing half-written
+    rc, text = finish(check(out, log), log)
+    assert rc == 0, text[-3000:]
+    assert json.loads(out.read_text())["results"] == json.loads(reference.read_text())["results"]
+
+
 # ---- teacher generation ---------------------------------------------------------------------------
 
 
