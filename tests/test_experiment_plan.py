@@ -60,7 +60,9 @@ def test_paper_plan_paths_line_up(tmp_path) -> None:
     eval_cfg = (CONFIG_DIR / "eval" / "nq_3b.yaml").read_text()
     assert "nq/test.parquet" in eval_cfg and "triviaqa" not in eval_cfg
     # RL starts from what SFT merged; the standalone RL preset names the standalone SFT preset's folder
-    assert _arg(stages["seed0/rl_from_sft"], "actor_rollout_ref.model.path") == str(tmp_path / "seed0/sft/merged")
+    assert _arg(stages["seed0/rl_from_sft"], "actor_rollout_ref.model.path") == str(
+        tmp_path / "seed0/sft/merged"
+    )
     rl_preset = (CONFIG_DIR / "rl" / "qwen2.5-3b_nq_ppo.yaml").read_text()
     assert f"path: {sft.root.relative_to(REPO_ROOT)}/merged" in rl_preset
     # verl checkpoints become the Hugging Face folders that evaluation loads
@@ -82,7 +84,10 @@ def test_paper_dry_run_validates_every_config_with_verl(tmp_path, capsys) -> Non
         (["rl_overrides=[data.train_batch_size=512]"], "rl_from_sft: its verl config does not compose"),
         (["retriever_gpus=[8]"], "retriever_gpus [8] are not among gpus"),
         (["gpus=[7]", "retriever_gpus=[7]"], "none left for the trainers"),
-        (["test_files=[outputs/data/qa/nq/dev.parquet]"], "input outputs/data/qa/nq/dev.parquet does not exist"),
+        (
+            ["test_files=[outputs/data/qa/nq/dev.parquet]"],
+            "input outputs/data/qa/nq/dev.parquet does not exist",
+        ),
         (["eval_overrides=[engine.nmae=vllm]"], "its eval config does not compose"),
     ],
 )
