@@ -71,7 +71,7 @@ def parse_config(
 ) -> T:
     """Parse ``argv`` for an entry point; exits with a readable message on a bad key or value."""
     parser = build_parser(cls, description, default_config)
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # `a=1 --config f.yaml b=2` as users type it
     try:
         return load_config(cls, args.config, args.overrides)
     except Exception as exc:  # OmegaConf raises several types; all are user errors here

@@ -100,3 +100,17 @@ def test_dry_run_reports_a_broken_plan(tmp_path, overrides, expected) -> None:
 def test_no_entry_script_forces_offline_hub_mode() -> None:
     for script in ("train_sft.sh", "train_ppo.sh", "eval.sh", "retrieval_launch.sh", "scripts/quickstart.sh"):
         assert "HF_HUB_OFFLINE=" not in (REPO_ROOT / script).read_text(), script
+
+
+def test_overrides_may_stand_before_and_after_config(tmp_path) -> None:
+    """``scripts/quickstart.sh --config X seeds=[0,1]`` runs ``experiment publish=true --config X seeds=[0,1]``."""
+    from search_r1.config import parse_config
+    from search_r1.experiment import ExperimentConfig
+
+    cfg = parse_config(
+        ExperimentConfig,
+        "x",
+        None,
+        ["publish=true", "--config", str(PAPER), "seeds=[0,1]", f"out_dir={tmp_path}"],
+    )
+    assert cfg.publish and cfg.seeds == [0, 1] and cfg.preset == "qwen2.5-3b-nq" and cfg.root == tmp_path

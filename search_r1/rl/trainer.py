@@ -486,7 +486,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--resume", action="store_true", help="continue from the run folder's latest checkpoint"
     )
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     overrides = list(args.overrides) + (["trainer.resume_mode=auto"] if args.resume else [])
     try:
         cfg = load_config(PPOConfig, args.config, overrides)
