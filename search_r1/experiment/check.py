@@ -18,7 +18,7 @@ def check_plan(cfg: ExperimentConfig, stages: list[Stage]) -> tuple[list[str], l
     if cfg.gpus and not cfg.train_gpus:
         problems.append("every GPU is the retriever's: none left for the trainers")
     for venv in {cfg.venv_sft, cfg.venv_rl} - {""}:
-        if not (Path(venv) / "bin" / "python").exists():
+        if not (REPO_ROOT / venv / "bin" / "python").exists():  # stages run from the repository root
             notes.append(
                 f"venv {venv} is not on this machine (docs/environments.md creates it on the GPU node)"
             )
