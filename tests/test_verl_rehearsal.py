@@ -122,3 +122,44 @@ def test_bad_config_exits_2_with_one_line(tmp_path) -> None:
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("verl_rehearsal:")]
     assert len(lines) == 1 and "clip_ration" in lines[0]
     assert not (tmp_path / "r").exists()
+
+
+def test_mask_check_judges_the_masks_not_what_the_policy_wrote() -> None:
+    """A policy that writes ``<information>`` itself (an under-trained student does) has correct masks;
+    an observation token marked as the policy's does not."""
+    import numpy as np
+    import torch
+    from agent_fixtures import toy_tokenizer
+    from verl.protocol import DataProto
+
+    from search_r1.agent.protocol import wrap_observation
+    from search_r1.rl.verl_rehearsal import mask_check
+
+    tok = toy_tokenizer()
+    policy = tok.encode(
+        "<think> t </think><information> made up <search> q </search>", add_special_tokens=False
+    )
+    observation = tok.encode(wrap_observation("Doc 1(Title: T) text"), add_special_tokens=False)
+    answer = tok.encode("<answer> Velmora </answer>", add_special_tokens=False)
+    ids = policy + observation + answer
+    mask = [1] * len(policy) + [0] * len(observation) + [1] * len(answer)
+
+    def batch(response_mask: list[int]) -> DataProto:
+        return DataProto.from_dict(
+            tensors={
+                "prompts": torch.zeros(1, 2, dtype=torch.long),
+                "responses": torch.tensor([ids]),
+                "response_mask": torch.tensor([response_mask]),
+                "attention_mask": torch.ones(1, 2 + len(ids), dtype=torch.long),
+            },
+            non_tensors={
+                "searches": np.array([1]),
+                "finish_reason": np.array(["answer"], dtype=object),
+                "observation_tokens": np.array([len(observation)]),
+            },
+        )
+
+    assert mask_check(tok, batch(mask))["ok"]
+    leaked = list(mask)
+    leaked[len(policy)] = 1  # the first observation token trained on as if the policy wrote it
+    assert mask_check(tok, batch(leaked))["bad_episodes"] == [0]

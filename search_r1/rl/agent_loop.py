@@ -157,6 +157,8 @@ class SearchAgentLoop(AgentLoopBase):
                 "invalid_actions": traj.num_invalid,
                 "retrieval_failures": traj.num_retrieval_failures,
                 "finish_reason": traj.finish_reason,
+                # what the environment appended (mask 0), within the kept response: checked by the rehearsal
+                "observation_tokens": traj.response_mask[:n].count(0),
                 # verl's name for tool calls per trajectory: its V0 trainer (trainer.use_v1=false) logs
                 # tool_call_counts/{mean,min,max} every training step
                 "tool_call_counts": traj.num_searches,

@@ -216,17 +216,20 @@ def step_metrics(cfg: Any, batch: Any) -> dict[str, dict[str, float]]:
 
 
 def mask_check(tokenizer: Any, batch: Any) -> dict[str, Any]:
-    """Per episode: padding is masked, no policy token (mask 1) decodes to retrieved text, and an
-    episode that searched and then answered has the information block among its observation tokens
-    (mask 0); only a search in the last turn, or one whose passages did not fit, goes unanswered)."""
+    """Per episode: padding is masked; exactly the tokens the environment appended (the agent loop's
+    ``observation_tokens``) have mask 0, and they decode to observation blocks; an episode that searched
+    and then answered has the information block among them. What the policy itself wrote is not
+    judged: a model may well write a tag it saw in its observations."""
     responses, mask = batch.batch["responses"], batch.batch["response_mask"]
     attn = batch.batch["attention_mask"][:, batch.batch["prompts"].shape[1] :].bool()
-    searches, finish = batch.non_tensor_batch["searches"], batch.non_tensor_batch["finish_reason"]
+    nt = batch.non_tensor_batch
+    searches, finish, appended = nt["searches"], nt["finish_reason"], nt["observation_tokens"]
     bad: list[int] = []
     for i in range(len(responses)):
-        policy = tokenizer.decode(responses[i][mask[i].bool()], skip_special_tokens=False)
-        observed = tokenizer.decode(responses[i][(mask[i] == 0) & attn[i]], skip_special_tokens=False)
-        ok = bool(torch.all(mask[i][~attn[i]] == 0)) and INFO_OPEN not in policy
+        env = (mask[i] == 0) & attn[i]
+        observed = tokenizer.decode(responses[i][env], skip_special_tokens=False)
+        ok = bool(torch.all(mask[i][~attn[i]] == 0)) and int(env.sum()) == int(appended[i])
+        ok = ok and (not observed or observed.startswith(f"\n\n{INFO_OPEN}"))
         if int(searches[i]) > 0 and finish[i] == "answer":
             ok = ok and INFO_OPEN in observed
         if not ok:
