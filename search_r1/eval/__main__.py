@@ -1,4 +1,5 @@
-"""``python -m search_r1.eval [run] ...`` evaluates; ``python -m search_r1.eval compare ...`` merges results."""
+"""``python -m search_r1.eval [run] ...`` evaluates; ``compare ...`` merges results; ``audit ...`` measures
+how many gold answers the corpus and the retriever's top-k hold."""
 
 from __future__ import annotations
 
@@ -11,6 +12,11 @@ def main(argv: list[str] | None = None) -> None:
         from search_r1.eval.compare import main as compare_main
 
         compare_main(argv[1:])
+        return
+    if argv and argv[0] == "audit":
+        from search_r1.eval.audit import main as audit_main
+
+        audit_main(argv[1:])
         return
     if argv and argv[0] == "run":
         argv = argv[1:]
