@@ -17,7 +17,7 @@ from search_r1.eval.__main__ import main as eval_main
 from search_r1.eval.audit import AuditConfig, GoldMatcher, audit
 from search_r1.paths import REPO_ROOT
 from search_r1.retrieval.build import build_index
-from search_r1.retrieval.config import BuildConfig, EncoderConfig
+from search_r1.retrieval.config import BuildConfig, EncoderConfig, ServerConfig
 from search_r1.rewards.metrics import cover_exact_match, normalize_answer
 
 DOCS = [
@@ -116,6 +116,23 @@ def test_corpus_scan_is_the_same_in_worker_processes_and_small_chunks(hand_built
     )
     got = json.loads((audit(cfg) / "audit.json").read_text())
     assert got["by_source"]["overall"] == {"n": 6, "in_corpus": 4 / 6, "in_topk": {}}
+
+
+def test_a_running_server_is_audited_like_the_same_backend_in_process(hand_built, tmp_path):
+    from search_r1.retrieval.local import serve_in_thread
+    from search_r1.retrieval.searchers import load_retriever
+
+    data, index = hand_built
+    cfg = ServerConfig(index_dir=str(index), backend="bm25", port=0)
+    with serve_in_thread(cfg, load_retriever(cfg)) as url:
+        out = audit(
+            AuditConfig(
+                data=[str(data)], index_dir=str(index), retriever_url=url, topk=[1, 6], out_dir=str(tmp_path)
+            )
+        )
+    in_topk = json.loads((out / "audit.json").read_text())["by_source"]["overall"]["in_topk"]
+    assert list(in_topk) == ["bm25", "dense", "server-bm25"]
+    assert in_topk["server-bm25"] == in_topk["bm25"] == {"1": 0.5, "6": 0.5}
 
 
 @pytest.fixture(scope="module")
