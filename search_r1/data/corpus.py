@@ -59,16 +59,20 @@ def parse_row(row: object, where: str) -> Doc:
 def iter_corpus(path: str | Path) -> Iterator[Doc]:
     """Stream the corpus in file order; raises :class:`CorpusError` on the first bad row."""
     path = Path(path)
+    lineno = 0
     with path.open("r", encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise CorpusError(f"{where}: invalid JSON ({exc.msg})") from None
-            yield parse_row(row, where)
+        try:
+            for lineno, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                where = f"{path}:{lineno}"
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise CorpusError(f"{where}: invalid JSON ({exc.msg})") from None
+                yield parse_row(row, where)
+        except UnicodeDecodeError as exc:  # decoded a block at a time: the line is approximate
+            raise CorpusError(f"{path}: not UTF-8 text near line {lineno + 1} ({exc.reason})") from None
 
 
 def write_corpus(docs: list[Doc], path: str | Path) -> None:

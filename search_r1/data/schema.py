@@ -59,7 +59,10 @@ def write_parquet(examples: Sequence[QAExample], path: str | Path, template: str
 def read_parquet(path: str | Path) -> list[dict[str, Any]]:
     """Rows of a verl-schema parquet as dicts, validated; a bad row raises naming file and row."""
     path = Path(path)
-    df = pd.read_parquet(path)
+    try:
+        df = pd.read_parquet(path)
+    except ValueError as exc:  # pyarrow's ArrowInvalid: the file is there but is no parquet
+        raise DatasetError(f"{path}: not a readable parquet file ({exc})") from None
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
         raise DatasetError(f"{path}: missing columns {missing}")
