@@ -5,7 +5,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$ROOT/scripts/setup_env.sh"
 cd "$ROOT"
-# The embedded world and the tiny base model are shared test fixtures: build them (cached) before
-# pytest, so their few minutes of CPU time are not charged to one test's timeout.
-"${SEARCH_R1_VENV:-$ROOT/.venv}/bin/python" -m search_r1.world
+# Every cached fixture the tests share (world, tiny model, world index, practice world and its index,
+# tiny SFT model) is built before pytest: a no-op when cached. Per-test timeouts count the test body
+# only (timeout_func_only in pyproject.toml), so a fixture built inside pytest is not charged either.
+"${SEARCH_R1_VENV:-$ROOT/.venv}/bin/python" -m search_r1.world fixtures
 exec "${SEARCH_R1_VENV:-$ROOT/.venv}/bin/python" -m pytest "$@"

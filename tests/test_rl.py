@@ -26,7 +26,7 @@ from search_r1.agent.engines.hf import HFEngine  # noqa: E402
 from search_r1.agent.rollout import rollout  # noqa: E402
 from search_r1.config import load_config  # noqa: E402
 from search_r1.data.schema import read_parquet, uid_of  # noqa: E402
-from search_r1.paths import CONFIG_DIR, REPO_ROOT, RUNS_DIR  # noqa: E402
+from search_r1.paths import CONFIG_DIR, REPO_ROOT  # noqa: E402
 from search_r1.retrieval.client import AsyncRetrieverClient  # noqa: E402
 from search_r1.rl.algos import compute_advantages, policy_loss_config  # noqa: E402
 from search_r1.rl.batch import collate, place_outcome_reward  # noqa: E402
@@ -34,13 +34,9 @@ from search_r1.rl.config import DataConfig, PPOConfig  # noqa: E402
 from search_r1.rl.learning import paired_gain, read_metrics  # noqa: E402
 from search_r1.rl.select import SelectConfig, select  # noqa: E402
 from search_r1.rl.trainer import actor_loss, batch_indices, train, train_rows  # noqa: E402
-from search_r1.world.practice import PracticeWorldConfig, ensure_practice_world  # noqa: E402
-from sft.config import SFTConfig  # noqa: E402
-from sft.practice import index_practice_world  # noqa: E402
-from sft.ship import sft_key, shipped_sft_model  # noqa: E402
+from search_r1.world.setup import ensure_sft_model, ensure_unseen_practice_world  # noqa: E402
 
 PRESET = CONFIG_DIR / "rl" / "tiny_ppo.yaml"
-SFT_CONFIG = CONFIG_DIR / "sft" / "tiny.yaml"
 
 
 @pytest.fixture(scope="session")
@@ -268,24 +264,16 @@ def test_retriever_outage_is_counted_and_training_recovers(sft_start, world, fre
 @pytest.fixture(scope="session")
 def sft_start(tiny_model) -> Path:
     """The tiny preset's SFT model: the shipped one (``sft.ship``) while its key matches the committed
-    configs; otherwise ``train_sft.sh`` runs here, keyed by the recipe (about 16 minutes on 2 cores)."""
-    cfg = load_config(SFTConfig, SFT_CONFIG, [f"model={tiny_model}"])
-    if (shipped := shipped_sft_model(cfg)) is not None:
-        return shipped
-    run_dir = RUNS_DIR / "rl_tests" / f"sft-{sft_key(cfg)}"
-    if not (run_dir / "merged" / "config.json").exists():
-        env = os.environ | {"SFT_SKIP_EVAL": "1"}
-        subprocess.run(["bash", "train_sft.sh", f"run_dir={run_dir}"], cwd=REPO_ROOT, env=env, check=True)
-    return run_dir / "merged"
+    configs; otherwise ``train_sft.sh`` runs, keyed by the recipe (about 16 minutes on 2 cores).
+    ``scripts/test.sh`` builds it before pytest (``python -m search_r1.world fixtures``)."""
+    return ensure_sft_model(tiny_model)
 
 
 @pytest.fixture(scope="session")
 def unseen_world(world) -> tuple[Path, Path]:
     """(train parquet, dense index) of a practice world the SFT set does not contain (the tiny preset
     distils seeds 1 and 2): on its own training questions SFT already scores about 0.84 (session 6)."""
-    seed = max(load_config(SFTConfig, SFT_CONFIG).practice_seeds) + 1
-    practice = ensure_practice_world(PracticeWorldConfig(world_dir=str(world.root), seed=seed))
-    return practice.train, index_practice_world(practice, "dense")
+    return ensure_unseen_practice_world(world)
 
 
 @pytest.fixture(scope="session")
