@@ -16,12 +16,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from search_r1.config import die, parse_config  # noqa: E402
+from search_r1.config import die, entry_point, parse_config  # noqa: E402
 from search_r1.paths import CONFIG_DIR  # noqa: E402
 from search_r1.retrieval.build import build_index, read_manifest  # noqa: E402
 from search_r1.retrieval.config import BuildConfig  # noqa: E402
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(
         BuildConfig, __doc__.split("\n")[0], CONFIG_DIR / "retriever" / "build_world.yaml", argv
@@ -29,8 +30,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         out = build_index(cfg)
-    except (FileNotFoundError, ValueError) as exc:
-        die(str(exc))
+    except (FileNotFoundError, ValueError) as exc:  # a missing or malformed corpus, a bad setting
+        die(str(exc), 2)
     manifest = read_manifest(out)
     for part in ("docstore", "dense", "bm25", "pyserini"):
         if part in manifest:

@@ -14,17 +14,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from search_r1.config import die, parse_config  # noqa: E402
+from search_r1.config import die, entry_point, parse_config  # noqa: E402
 from search_r1.retrieval.download import DownloadConfig, DownloadError, download_wiki18  # noqa: E402
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(DownloadConfig, __doc__.split("\n\n")[0], None, argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         index_dir = download_wiki18(cfg)
-    except (DownloadError, ValueError) as exc:
-        die(str(exc))
+    except DownloadError as exc:  # from a mirror folder nothing is downloaded: a file is missing there
+        die(str(exc), 2 if cfg.mirror else 1)
+    except ValueError as exc:
+        die(str(exc), 2)
     print(f"files in {cfg.raw_dir}" + (f"; servable index: {index_dir}" if index_dir else ""))
 
 

@@ -8,16 +8,19 @@ Offline machines: put ``<name>/<split>.jsonl`` under ``raw_dir`` and pass ``down
 
 from __future__ import annotations
 
-from search_r1.config import die, parse_config
+from search_r1.config import die, entry_point, parse_config
 from search_r1.data.builders import DataDownloadError, PrepareConfig, build
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(PrepareConfig, __doc__.splitlines()[0], None, argv)
     try:
         build(cfg)
-    except (DataDownloadError, ValueError) as exc:
-        die(str(exc))
+    except DataDownloadError as exc:  # download=false: a raw file is missing (bad input); else offline
+        die(str(exc), 1 if cfg.download else 2)
+    except ValueError as exc:  # an unknown dataset name, a raw file that is not FlashRAG JSONL
+        die(str(exc), 2)
 
 
 if __name__ == "__main__":

@@ -96,4 +96,4 @@ def test_prepare_data_script(tmp_path) -> None:
         text=True,
         env={"PYTHONPATH": str(REPO_ROOT), "PATH": "/usr/bin:/bin"},
     )
-    assert proc.returncode == 1 and "unknown datasets ['nope']" in proc.stderr
+    assert proc.returncode == 2 and "unknown datasets ['nope']" in proc.stderr  # bad input
