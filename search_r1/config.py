@@ -162,9 +162,16 @@ def describe_input_error(exc: Exception) -> str:
     return str(exc)
 
 
+def _missing_model(exc: OSError) -> bool:
+    """transformers' ``OSError`` for a model path that is no folder: the Hub client then rejected the
+    path as a repository id (``HFValidationError``), which is its cause."""
+    return type(exc.__cause__).__name__ == "HFValidationError"
+
+
 def entry_point(main: Callable[P, T]) -> Callable[P, T]:
-    """Decorate an entry point's ``main``: a bad input file met after the config was parsed ends
-    like a bad key, with one line naming the file and exit code 2, instead of a traceback."""
+    """Decorate an entry point's ``main``: a bad input file met after the config was parsed (a
+    missing file or model folder, a data file that is not data) ends like a bad key, with one line
+    naming the file and exit code 2, instead of a traceback."""
 
     @functools.wraps(main)
     def run(*args: P.args, **kwargs: P.kwargs) -> T:
@@ -172,5 +179,9 @@ def entry_point(main: Callable[P, T]) -> Callable[P, T]:
             return main(*args, **kwargs)
         except input_errors() as exc:
             die(describe_input_error(exc), 2)
+        except OSError as exc:
+            if not _missing_model(exc):
+                raise
+            die(f"no such model folder (nor a Hub model id): {exc}", 2)
 
     return run

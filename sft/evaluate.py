@@ -22,7 +22,7 @@ from pathlib import Path
 from search_r1.agent.engines.base import SamplingParams
 from search_r1.agent.protocol import ProtocolConfig
 from search_r1.agent.rollout import rollout
-from search_r1.config import die, parse_config
+from search_r1.config import die, entry_point, parse_config
 from search_r1.eval.faults import REFUSED_EXIT, failed_note, failed_share, refusal
 from search_r1.paths import CONFIG_DIR, WORLD_DIR
 from search_r1.retrieval.client import RetrieverAuthError
@@ -97,6 +97,7 @@ def evaluate(model: str, cfg: EvalConfig) -> dict[str, float]:
     }
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(EvalConfig, "Greedy EM of models on a world split (quick SFT check).", None, argv)
     results = {}

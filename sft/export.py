@@ -19,7 +19,7 @@ from typing import Any
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from search_r1.agent.trajectory import Trajectory
-from search_r1.config import parse_config
+from search_r1.config import entry_point, parse_config
 from sft.config import DEFAULT_CONFIG, SFTConfig
 from sft.generate import read_records
 from sft.template import chat_format
@@ -97,6 +97,7 @@ def export(trajs: Iterable[Trajectory], tokenizer: PreTrainedTokenizerBase, out_
     return out_dir
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(
         SFTConfig, "Export filtered trajectories to LLaMA-Factory sharegpt.", DEFAULT_CONFIG, argv

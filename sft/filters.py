@@ -21,7 +21,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from search_r1.agent.protocol import INFO_OPEN
 from search_r1.agent.trajectory import Trajectory
-from search_r1.config import parse_config
+from search_r1.config import entry_point, parse_config
 from search_r1.rewards.format import is_valid_format
 from search_r1.rewards.metrics import exact_match
 from sft.config import DEFAULT_CONFIG, FilterConfig, SFTConfig
@@ -148,6 +148,7 @@ def balance(trajs: list[Trajectory], target: dict[str, float], rng: random.Rando
     return [t for t in trajs if id(t) in keep_ids]
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(SFTConfig, "Filter and balance teacher trajectories.", DEFAULT_CONFIG, argv)
     tokenizer = AutoTokenizer.from_pretrained(cfg.model)

@@ -43,8 +43,8 @@ from search_r1.agent.engines.openai_chat import OpenAIChatEngine
 from search_r1.agent.protocol import ProtocolConfig
 from search_r1.agent.rollout import Retriever, run_episode
 from search_r1.agent.trajectory import Trajectory
-from search_r1.config import die, parse_config
-from search_r1.data.schema import read_parquet, uid_of
+from search_r1.config import die, entry_point, parse_config
+from search_r1.data.schema import DatasetError, read_parquet, uid_of
 from search_r1.eval.faults import REFUSED_EXIT
 from search_r1.rewards.metrics import exact_match
 from sft.config import DEFAULT_CONFIG, SFTConfig, TeacherConfig
@@ -82,9 +82,13 @@ def load_questions(parquet: Path, max_questions: int = 0, source: str = "world")
 
 
 def read_records(path: Path) -> Iterator[dict[str, Any]]:
+    """The JSON lines of ``path``; a line that is not JSON raises ``DatasetError`` naming file and line."""
     with Path(path).open(encoding="utf-8") as f:
-        for line in f:
-            yield json.loads(line)
+        for lineno, line in enumerate(f, start=1):
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DatasetError(f"{path}:{lineno}: not JSON ({exc.msg})") from None
 
 
 def recover(path: Path) -> set[tuple[str, int]]:
@@ -248,6 +252,7 @@ def generate_world(
     return asyncio.run(run())
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(SFTConfig, "Generate teacher trajectories (resumable).", DEFAULT_CONFIG, argv)
     from search_r1.retrieval.client import RetrieverAuthError

@@ -24,7 +24,7 @@ import subprocess
 from pathlib import Path
 
 from search_r1.agent.protocol import ProtocolConfig
-from search_r1.config import load_config, parse_config, to_dict
+from search_r1.config import entry_point, load_config, parse_config, to_dict
 from search_r1.paths import CONFIG_DIR, FIXTURE_DIR, REPO_ROOT
 from search_r1.retrieval.config import BuildConfig, ServerConfig
 from sft.config import DEFAULT_CONFIG, SFTConfig
@@ -128,6 +128,7 @@ def ship(cfg: SFTConfig, out: Path = SHIPPED_SFT_MODEL) -> dict:
     return info
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(
         SFTConfig, "Ship a finished tiny SFT run's merged model to data/models/tiny-sft", DEFAULT_CONFIG, argv

@@ -30,7 +30,7 @@ from typing import Any
 
 from transformers import AutoTokenizer
 
-from search_r1.config import parse_config
+from search_r1.config import entry_point, parse_config
 from sft.config import DEFAULT_CONFIG, SFTConfig
 from sft.export import DATASET_NAME
 from sft.template import TEMPLATE_NAME, register_template
@@ -101,6 +101,7 @@ def torchrun_command(argv: Sequence[str], gpus: int, env: Mapping[str, str]) -> 
     return [*launcher, "-m", "sft.train", *argv, "merge=false"]
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> None:
     import torch
 

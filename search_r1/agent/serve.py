@@ -30,7 +30,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from search_r1.agent.engines.base import SamplingParams
-from search_r1.config import die, parse_config
+from search_r1.config import die, entry_point, parse_config
 
 
 @dataclass
@@ -173,17 +173,18 @@ def create_app(engine: Any, name: str, api_key: str = "") -> FastAPI:
     return app
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(
         ServeConfig, "Serve an HF model over the OpenAI completions and chat APIs.", None, argv
     )
     if not cfg.model:
-        die("model=<HF folder> is required")
+        die("model=<HF folder> is required", 2)
     api_key = ""
     if cfg.api_key_env:
         api_key = os.environ.get(cfg.api_key_env, "")
         if not api_key:
-            die(f"api_key_env={cfg.api_key_env} but that environment variable is empty")
+            die(f"api_key_env={cfg.api_key_env} but that environment variable is empty", 2)
     import uvicorn
 
     from search_r1.agent.engines.hf import HFEngine

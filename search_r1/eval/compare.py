@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from search_r1.config import OneLineParser, die, entry_point
+
 
 def compare(results: list[dict[str, Any]], names: list[str]) -> str:
     """A markdown table: overall EM / F1 / ROUGE-L / searches, then EM per data source."""
@@ -33,8 +35,19 @@ def compare(results: list[dict[str, Any]], names: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _read_results(path: Path) -> dict[str, Any]:
+    try:
+        run = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        die(f"{path}: not JSON ({exc})", 2)
+    if not isinstance(run, dict) or not {"name", "mode", "metrics"} <= run.keys():
+        die(f"{path}: not a results.json written by python -m search_r1.eval run", 2)
+    return run
+
+
+@entry_point
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m search_r1.eval compare",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -44,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, help="write compare.md and compare.json here")
     args = parser.parse_args(argv)
     paths = [p / "results.json" if p.is_dir() else p for p in args.results]
-    runs = [json.loads(p.read_text()) for p in paths]
+    runs = [_read_results(p) for p in paths]
     names = args.names or [r["name"] for r in runs]
     if len(names) != len(runs):
         parser.error(f"{len(names)} names for {len(runs)} results")

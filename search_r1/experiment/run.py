@@ -8,7 +8,7 @@ import sys
 import time
 from contextlib import ExitStack
 
-from search_r1.config import parse_config, to_dict
+from search_r1.config import die, entry_point, parse_config, to_dict
 from search_r1.experiment.check import check_plan
 from search_r1.experiment.config import ExperimentConfig
 from search_r1.experiment.plan import plan, services
@@ -77,13 +77,16 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
     return summary
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(ExperimentConfig, DESCRIPTION, CONFIG_DIR / "experiment" / "tiny.yaml", argv)
     try:
         summary = run_experiment(cfg)
     except KeyboardInterrupt:
         sys.exit("[experiment] interrupted; services were stopped. Run again to resume.")
-    except (StageError, RuntimeError, ValueError) as exc:
+    except ValueError as exc:  # a setting the plan cannot use (rl_backend=...): bad input
+        die(f"[experiment] {exc}", 2)
+    except (StageError, RuntimeError) as exc:
         sys.exit(f"[experiment] {exc}")
     if cfg.dry_run and summary["problems"]:
         sys.exit(2)

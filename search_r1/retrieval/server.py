@@ -25,6 +25,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from search_r1.config import die, entry_point, parse_config
 from search_r1.retrieval.batching import MicroBatcher
 from search_r1.retrieval.cache import HitCache
 from search_r1.retrieval.client import TOKEN_ENV
@@ -273,10 +274,10 @@ def create_app(cfg: ServerConfig, retriever: Retriever) -> FastAPI:
     return app
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
-    from search_r1.config import die, parse_config
     from search_r1.paths import CONFIG_DIR
 
     cfg = parse_config(
@@ -294,7 +295,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         retriever = load_retriever(cfg)
         app = create_app(cfg, retriever)
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+    except (FileNotFoundError, ValueError) as exc:  # no such index, a bad setting: bad input
+        die(str(exc), 2)
+    except RuntimeError as exc:  # pyserini's JVM, a FAISS GPU failure: the machine, not the input
         die(str(exc))
     host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
     print(

@@ -21,7 +21,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from search_r1.config import die, parse_config
+from search_r1.config import die, entry_point, parse_config
 
 STEP_DIR = re.compile(r"global_step_(\d+)")
 
@@ -105,6 +105,7 @@ def export(cfg: ExportConfig) -> Path:
     return out
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(
         ExportConfig, "Export a verl FSDP actor checkpoint as a Hugging Face folder.", None, argv

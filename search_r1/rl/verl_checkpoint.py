@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from search_r1.config import die, parse_config
+from search_r1.config import die, entry_point, parse_config
 from search_r1.services import free_port
 
 STEP = re.compile(r"global_step_(\d+)")
@@ -81,6 +81,7 @@ def save_verl_checkpoint(model_dir: Path, out: Path, step: int, world_size: int 
     return actor
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(VerlCheckpointConfig, __doc__.splitlines()[0], None, argv)
     run = Path(cfg.run)

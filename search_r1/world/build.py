@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from search_r1.config import parse_config, to_dict
+from search_r1.config import entry_point, parse_config, to_dict
 from search_r1.data.corpus import Doc, make_contents, write_corpus
 from search_r1.data.schema import QAExample, write_parquet
 from search_r1.paths import CONFIG_DIR, WORLD_DIR
@@ -168,6 +168,7 @@ def load_questions(world: World) -> list[WorldQuestion | dict]:
         return [json.loads(line) for line in fh]
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(WorldConfig, __doc__.splitlines()[0], CONFIG_DIR / "world" / "default.yaml", argv)
     build_world(cfg)

@@ -19,6 +19,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from search_r1.config import die, entry_point, parse_config
 from search_r1.data.schema import read_parquet
 from search_r1.paths import HOME, INDEX_DIR, WORLD_DIR
 from search_r1.retrieval.download import CORPUS_FILE, INDEX_PARTS
@@ -80,9 +81,8 @@ def write_mirror(cfg: MirrorConfig) -> list[Path]:
     return questions + write_wiki18(corpus, index_dir / "dense" / dense.INDEX_FILE, out / "wiki18")
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> None:
-    from search_r1.config import die, parse_config
-
     cfg = parse_config(MirrorConfig, __doc__.splitlines()[0], None, argv)
     try:
         paths = write_mirror(cfg)

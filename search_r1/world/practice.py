@@ -20,7 +20,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from search_r1.config import parse_config, to_dict
+from search_r1.config import entry_point, parse_config, to_dict
 from search_r1.paths import WORLD_DIR
 from search_r1.world.build import World, WorldConfig, build_world
 from search_r1.world.kb import name_pools, recast_kb
@@ -78,6 +78,7 @@ def ensure_practice_world(cfg: PracticeWorldConfig, verbose: bool = True) -> Wor
     return world
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(PracticeWorldConfig, __doc__.splitlines()[0], None, argv)
     world = ensure_practice_world(cfg)

@@ -29,7 +29,7 @@ from search_r1.agent.engines.base import SamplingParams
 from search_r1.agent.engines.hf import HFEngine
 from search_r1.agent.prompt import render_prompt
 from search_r1.agent.protocol import ANSWER_CLOSE, SEARCH_CLOSE, THINK_OPEN, final_answer, format_docs
-from search_r1.config import parse_config
+from search_r1.config import entry_point, parse_config
 from search_r1.data.corpus import iter_corpus
 from search_r1.paths import MODELS_DIR, WORLD_DIR
 from search_r1.rewards.metrics import exact_match
@@ -126,6 +126,7 @@ def probe(cfg: ProbeConfig) -> ProbeResult:
     )
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(ProbeConfig, __doc__.splitlines()[0], None, argv)
     r = probe(cfg)

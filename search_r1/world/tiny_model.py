@@ -26,7 +26,7 @@ import torch
 from tqdm import tqdm
 from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
-from search_r1.config import parse_config, to_dict
+from search_r1.config import entry_point, parse_config, to_dict
 from search_r1.data.corpus import iter_corpus
 from search_r1.paths import CONFIG_DIR, MODELS_DIR, WORLD_DIR
 from search_r1.world.build import World
@@ -285,6 +285,7 @@ def build_tiny_model(cfg: TinyModelConfig) -> Path:
     return out
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(
         TinyModelConfig, __doc__.splitlines()[0], CONFIG_DIR / "world" / "tiny_model.yaml", argv
