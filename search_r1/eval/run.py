@@ -38,7 +38,7 @@ from search_r1.agent.prompt import render_prompt
 from search_r1.agent.protocol import ProtocolConfig, format_docs, truncate_docs
 from search_r1.agent.rollout import RolloutStats, rollout
 from search_r1.agent.trajectory import Trajectory
-from search_r1.config import to_dict
+from search_r1.config import entry_point, to_dict
 from search_r1.data.schema import read_parquet, uid_of
 from search_r1.eval.faults import REFUSED_EXIT, Refused, failed_note, refusal
 from search_r1.eval.report import aggregate, write_outputs
@@ -353,6 +353,7 @@ def _log_wandb(cfg: EvalConfig, name: str, results: dict, predictions: list[dict
     run.finish()
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> None:
     from search_r1.config import die, parse_config
     from search_r1.paths import CONFIG_DIR

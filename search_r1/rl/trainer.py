@@ -35,7 +35,7 @@ from search_r1.agent.engines.base import SamplingParams
 from search_r1.agent.engines.hf import HFEngine
 from search_r1.agent.protocol import ProtocolConfig
 from search_r1.agent.rollout import Retriever, rollout
-from search_r1.config import build_parser, load_config, to_dict
+from search_r1.config import build_parser, config_error, entry_point, load_config, to_dict
 from search_r1.data.schema import read_parquet, uid_of
 from search_r1.paths import CONFIG_DIR
 from search_r1.retrieval.client import RetrieverAuthError
@@ -479,6 +479,7 @@ def _wandb_id(run_dir: Path) -> str:
     return f.read_text().strip()
 
 
+@entry_point
 def main(argv: Sequence[str] | None = None) -> None:
     parser = build_parser(
         PPOConfig, "Single-machine PPO/GRPO for the search agent.", CONFIG_DIR / "rl" / "tiny_ppo.yaml"
@@ -491,7 +492,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         cfg = load_config(PPOConfig, args.config, overrides)
     except Exception as exc:  # OmegaConf raises several types; all are user errors here
-        parser.exit(2, f"{parser.prog}: error: invalid config: {exc}\n")
+        parser.exit(2, f"{parser.prog}: error: invalid config: {config_error(exc)}\n")
     try:
         run_dir = train(cfg)
     except RetrieverAuthError as exc:  # a configuration error: one line, not a traceback
