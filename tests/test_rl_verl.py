@@ -443,16 +443,30 @@ def test_v1_training_step_logs_search_metrics(toy_dir, tmp_path, monkeypatch, do
     assert len(fields) == 3
     answered = sum(f["finish_reason"] == "answer" for f in fields) / 3
     assert metrics["search_r1/answer_rate"] == answered == search_metrics(fields)["search_r1/answer_rate"]
+    well_formed = sum(f["format_valid"] for f in fields) / 3
+    assert metrics["search_r1/format_valid"] == well_formed
     if not down:
-        assert answered == 1.0
+        assert answered == 1.0 and well_formed == 1.0  # the toy model thinks, searches, then answers
 
 
 def test_search_metrics_counts_and_empty_step() -> None:
     from search_r1.rl.verl_main import search_metrics
 
     fields = [
-        {"searches": 2, "retrieval_failures": 2, "invalid_actions": 1, "finish_reason": "answer"},
-        {"searches": 0, "retrieval_failures": 0, "invalid_actions": 0, "finish_reason": "length"},
+        {
+            "searches": 2,
+            "retrieval_failures": 2,
+            "invalid_actions": 1,
+            "finish_reason": "answer",
+            "format_valid": False,
+        },
+        {
+            "searches": 0,
+            "retrieval_failures": 0,
+            "invalid_actions": 0,
+            "finish_reason": "length",
+            "format_valid": True,
+        },
     ]
     assert search_metrics(fields) == {
         "search_r1/searches_per_question": 1.0,
@@ -460,6 +474,7 @@ def test_search_metrics_counts_and_empty_step() -> None:
         "search_r1/retrieval_failures_per_question": 1.0,
         "search_r1/invalid_actions_per_question": 0.5,
         "search_r1/answer_rate": 0.5,
+        "search_r1/format_valid": 0.5,
     }
     assert search_metrics([]) == {}  # an all-padding step logs nothing rather than NaN
 

@@ -8,8 +8,8 @@ episode code as the single-machine trainer and evaluation — and returns the to
 observation mask as ``response_mask`` (1 = policy, 0 = retrieved text), so verl's losses skip the
 observations. The reward is computed afterwards by verl's reward loop with our ``compute_score``.
 
-The episode's counts (``searches``, ``retrieval_failures``, ``invalid_actions``) travel in
-``extra_fields``; verl's reward loop hands them to ``compute_score`` as ``extra_info``, which returns
+The episode's counts (``searches``, ``retrieval_failures``, ``invalid_actions``) and whether its
+response follows the tag grammar (``format_valid``) travel in ``extra_fields``; verl's reward loop hands them to ``compute_score`` as ``extra_info``, which returns
 them next to the reward so verl logs them (docs/rl.md, "Step metrics").
 """
 
@@ -33,6 +33,7 @@ from search_r1.agent.protocol import ProtocolConfig
 from search_r1.agent.rollout import run_episode
 from search_r1.paths import REPO_ROOT
 from search_r1.retrieval.client import AsyncRetrieverClient
+from search_r1.rewards.format import is_valid_format
 
 AGENT_NAME = "search_r1_agent"
 
@@ -124,6 +125,9 @@ class SearchAgentLoop(AgentLoopBase):
         self.retriever_token = retriever_token
         self.protocol = ProtocolConfig.from_yaml(_resolve(protocol), list(protocol_overrides or []))
         self.response_length = self.rollout_config.response_length
+        # the reward's grammar, so format_valid here is compute_score's format_valid for the episode
+        reward_kwargs = self.config.reward.custom_reward_function.get("reward_kwargs") or {}
+        self.require_think = bool(reward_kwargs.get("require_think", True))
 
     async def run(self, sampling_params: dict[str, Any], **kwargs: Any) -> AgentLoopOutput:
         prompt_ids = await self.ct_build_initial_tokens(list(kwargs["raw_prompt"]))
@@ -140,6 +144,7 @@ class SearchAgentLoop(AgentLoopBase):
             engine, self.tokenizer, retriever, prompt_ids, self.protocol, sampling, uid=uid
         )
         n = self.response_length
+        response = self.tokenizer.decode(traj.response_ids[:n], skip_special_tokens=True)  # as verl scores it
         return AgentLoopOutput(
             prompt_ids=traj.prompt_ids,
             response_ids=traj.response_ids[:n],
@@ -157,6 +162,7 @@ class SearchAgentLoop(AgentLoopBase):
                 "invalid_actions": traj.num_invalid,
                 "retrieval_failures": traj.num_retrieval_failures,
                 "finish_reason": traj.finish_reason,
+                "format_valid": is_valid_format(response, self.require_think),
                 # what the environment appended (mask 0), within the kept response: checked by the rehearsal
                 "observation_tokens": traj.response_mask[:n].count(0),
                 # verl's name for tool calls per trajectory: its V0 trainer (trainer.use_v1=false) logs

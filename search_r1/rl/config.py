@@ -138,6 +138,32 @@ class RewardConfig:
 
 
 @dataclass
+class HealthConfig:
+    """Collapse detection (search_r1.rl.health): each measure's current value against its early one."""
+
+    early_steps: int = _f(
+        5, "steps whose mean is a measure's early value; nothing is judged before they have run"
+    )
+    recent_steps: int = _f(
+        3,
+        "steps whose mean is a measure's current value (only steps after the early ones), so one batch cannot fire",
+    )
+    searches_fraction: float = _f(
+        0.25, "collapse when searches per question fall below this fraction of their early value; 0 = off"
+    )
+    entropy_fraction: float = _f(
+        0.2, "collapse when the actor's entropy falls below this fraction of its early value; 0 = off"
+    )
+    format_valid_fraction: float = _f(
+        0.5,
+        "collapse when the share of well-formed responses falls below this fraction of its early value; 0 = off",
+    )
+    format_valid_floor: float = _f(
+        0.0, "collapse when the share of well-formed responses falls below this level; 0 = off"
+    )
+
+
+@dataclass
 class TrainerConfig:
     total_training_steps: int = _f(20, "optimizer steps to run (one rollout batch each)")
     save_freq: int = _f(10, "checkpoint every N steps (and at the end); -1 = only at the end")
@@ -149,6 +175,10 @@ class TrainerConfig:
     device: str = _f("auto", "auto | cpu | cuda")
     seed: int = _f(1, "seed of sampling and initialisation")
     save_merged: bool = _f(True, "write <run>/merged (HF folder, LoRA merged) at the end, for eval.sh")
+    stop_on_collapse: bool = _f(
+        False,
+        "end the run (checkpoint, merged model, summary) at the first collapse the health section detects",
+    )
 
 
 @dataclass
@@ -160,4 +190,5 @@ class PPOConfig:
     retriever: RetrieverConfig = field(default_factory=RetrieverConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)

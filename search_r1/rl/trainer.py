@@ -5,7 +5,8 @@ roll out ``rollout.n`` episodes each with *our* agent rollout (HF engine over th
 retriever over HTTP) → score them with *our* ``compute_score`` → old/reference log-probs and values
 → advantages with verl's estimator registry (GAE with the critic, GRPO, ...) → ``ppo_epochs`` of
 mini-batch updates with verl's policy loss, value loss and KL (gradient accumulation over micro
-batches, grad clipping) → metrics → checkpoint every ``trainer.save_freq`` steps.
+batches, grad clipping) → metrics and the collapse check (``search_r1.rl.health``) → checkpoint every
+``trainer.save_freq`` steps (and at a collapse with ``trainer.stop_on_collapse``, which ends the run).
 
 Observation tokens have ``response_mask == 0``: every loss aggregates with that mask, so they get
 zero weight. With LoRA the reference policy is the actor with its adapter disabled.
@@ -44,6 +45,8 @@ from search_r1.rl.algos import compute_advantages, policy_loss_config
 from search_r1.rl.batch import Batch, collate, place_outcome_reward
 from search_r1.rl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from search_r1.rl.config import ActorConfig, DataConfig, PPOConfig
+from search_r1.rl.health import TRAINER_KEYS, HealthMonitor, stop_summary
+from search_r1.rl.learning import read_metrics
 from search_r1.rl.retriever import open_retriever
 
 
@@ -198,6 +201,7 @@ def train(cfg: PPOConfig, retriever: Retriever | None = None) -> Path:
     elif t.resume_mode not in ("auto", "disable"):
         raise ValueError(f"trainer.resume_mode must be auto | disable, got {t.resume_mode!r}")
     log = Logger(cfg, run_dir, start)
+    health = HealthMonitor(cfg.health, TRAINER_KEYS, history=read_metrics(run_dir))  # kept steps only
     sampling = SamplingParams(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k)
 
     with asyncio.Runner() as runner, open_retriever(cfg.retriever, runner, retriever) as retr:
@@ -275,6 +279,7 @@ def train(cfg: PPOConfig, retriever: Retriever | None = None) -> Path:
                 "rollout/searches_per_question": st.searches,
                 "rollout/valid_action_ratio": st.valid_action_ratio,
                 "rollout/answered": st.answered,
+                "rollout/format_valid": float(np.mean([s["format_valid"] for s in scored])),
                 "rollout/response_length": st.response_tokens,
                 "rollout/policy_tokens": b.response_mask.sum(1).mean().item(),
                 "rollout/retrieval_failures": st.retrieval_failures,
@@ -282,10 +287,15 @@ def train(cfg: PPOConfig, retriever: Retriever | None = None) -> Path:
                 **upd,
                 **{f"timing_s/{k}": v for k, v in timing.items()},
             }
-            if step == t.total_training_steps or (t.save_freq > 0 and step % t.save_freq == 0):
+            collapses = health.check(metrics, step)  # warns; ends the run only with trainer.stop_on_collapse
+            stop = t.stop_on_collapse and bool(collapses)
+            if stop or step == t.total_training_steps or (t.save_freq > 0 and step % t.save_freq == 0):
                 with timer(metrics, "timing_s/save"):
                     save_checkpoint(run_dir, step, actor, critic, actor_opt, critic_opt)
             log.log(metrics)
+            if stop:
+                print(stop_summary(collapses, step, t.total_training_steps), flush=True)
+                break
     if t.save_merged:
         save_merged(actor, tokenizer, run_dir / "merged")
     log.close()
@@ -418,6 +428,8 @@ class Logger:
         "reward/em",
         "rollout/searches_per_question",
         "rollout/valid_action_ratio",
+        "rollout/format_valid",
+        "rollout/answered",
         "rollout/response_length",
         "actor/kl_loss",
         "actor/entropy",
@@ -433,6 +445,7 @@ class Logger:
             kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= start_step]
         self.file = path.open("w")
         self.file.writelines(line + "\n" for line in kept)
+        self.file.flush()  # the health monitor replays the kept steps from the file
         self.wandb = None
         if "wandb" in cfg.trainer.logger:
             import wandb

@@ -9,7 +9,9 @@ takes the same arguments as verl's (``train_ppo.sh`` calls it with ``--config-pa
 TaskRunner, the extension point ``run_ppo(config, task_runner_class)`` offers recipes. Our
 :class:`SearchTaskRunner` runs as a Ray actor in its own process, so it is there, in ``run``, that the
 registered trainer class for ``trainer.v1.trainer_mode`` is replaced by a subclass whose
-``_compute_metrics`` adds :func:`search_metrics` of the step's episodes.
+``_compute_metrics`` adds :func:`search_metrics` of the step's episodes and runs the collapse check
+of :mod:`search_r1.rl.health` on the step's metrics (warnings only: verl's config has no key for
+stopping, so the check runs with :class:`~search_r1.rl.config.HealthConfig`'s defaults).
 
 ``trainer.use_v1=false`` runs verl's own legacy entry unchanged; that trainer already logs
 ``tool_call_counts/{mean,min,max}`` (our loop sets it to the search count) every step.
@@ -29,6 +31,9 @@ from verl.trainer.ppo.utils import need_critic, need_reference_policy
 from verl.utils.config import validate_config
 from verl.utils.device import auto_set_device
 
+from search_r1.rl.config import HealthConfig
+from search_r1.rl.health import VERL_KEYS, HealthMonitor
+
 PREFIX = "search_r1/"
 
 
@@ -40,7 +45,8 @@ def search_metrics(extra_fields: Sequence[Mapping[str, Any]]) -> dict[str, float
     alert wants (> 0 means the retriever failed this step), and per episode, which equals
     ``searches_per_question`` when the retriever is down. The answer rate is the share of episodes
     that ended with an ``<answer>`` (``finish_reason == "answer"``), read from the loop itself so it
-    does not depend on how the reward was computed. No episodes (an all-padding batch) give no metrics
+    does not depend on how the reward was computed; the format validity is the share whose response
+    follows the tag grammar (the loop checks it with the reward's own checker). No episodes (an all-padding batch) give no metrics
     rather than NaNs.
     """
     n = len(extra_fields)
@@ -57,6 +63,7 @@ def search_metrics(extra_fields: Sequence[Mapping[str, Any]]) -> dict[str, float
         f"{PREFIX}retrieval_failures_per_question": failures / n,
         f"{PREFIX}invalid_actions_per_question": total("invalid_actions") / n,
         f"{PREFIX}answer_rate": sum(f.get("finish_reason") == "answer" for f in extra_fields) / n,
+        f"{PREFIX}format_valid": sum(bool(f.get("format_valid")) for f in extra_fields) / n,
     }
 
 
@@ -78,11 +85,13 @@ def step_extra_fields(batch: Any) -> list[Mapping[str, Any]]:
 
 
 def with_search_metrics(trainer_cls: type) -> type:
-    """``trainer_cls`` whose ``_compute_metrics`` also logs :func:`search_metrics` for the step.
+    """``trainer_cls`` whose ``_compute_metrics`` also logs :func:`search_metrics` for the step and
+    warns of a collapse (:class:`~search_r1.rl.health.HealthMonitor` over the step's metrics).
 
     ``_compute_metrics`` runs once per training step on the whole step's batch (every
     ``parameter_sync_step`` mini-step), before the batch is cleared from TransferQueue and before
-    ``metrics`` goes to the logger, so the keys added here are logged with verl's own.
+    ``metrics`` goes to the logger, so the keys added here are logged with verl's own, and
+    ``actor/entropy`` (verl's, from the old log-probs) is already there for the check.
     """
 
     class SearchMetricsTrainer(trainer_cls):  # type: ignore[misc, valid-type]
@@ -91,6 +100,9 @@ def with_search_metrics(trainer_cls: type) -> type:
         ):
             super()._compute_metrics(batch, metrics, timing_raw, global_steps=global_steps, epoch=epoch)
             metrics.update(search_metrics(step_extra_fields(batch)))
+            if getattr(self, "search_r1_health", None) is None:  # per trainer; a resumed run starts afresh
+                self.search_r1_health = HealthMonitor(HealthConfig(), VERL_KEYS)
+            self.search_r1_health.check(metrics, global_steps)
 
     SearchMetricsTrainer.__name__ = SearchMetricsTrainer.__qualname__ = f"SearchMetrics{trainer_cls.__name__}"
     SearchMetricsTrainer.search_r1_wrapped = trainer_cls
