@@ -1,9 +1,11 @@
-"""Metrics on hand-checked cases; ROUGE-L against rouge-score called directly; compute_score."""
+"""Metrics on hand-checked cases; ROUGE-L against LCS computed here; sub-EM ≥ EM as a property; compute_score."""
 
 from __future__ import annotations
 
+import random
+import re
+
 import pytest
-from rouge_score import rouge_scorer
 
 from search_r1.rewards import compute_score
 from search_r1.rewards.format import is_valid_format
@@ -53,25 +55,104 @@ def test_token_f1() -> None:
     assert token_f1("the", ["the"]) == 0.0  # nothing left after normalisation
 
 
+def _rouge_tokens(s: str) -> list[str]:
+    """rouge-score 0.1.2's default tokenizer, written out: lowercase, runs of anything but ASCII
+    letters and digits are separators."""
+    return re.sub(r"[^a-z0-9]+", " ", s.lower()).split()
+
+
+def _lcs(a: list[str], b: list[str]) -> int:
+    """Longest common subsequence by the textbook dynamic programme."""
+    row = [0] * (len(b) + 1)
+    for x in a:
+        prev, row = row, [0]
+        for j, y in enumerate(b):
+            row.append(prev[j] + 1 if x == y else max(prev[j + 1], row[j]))
+    return row[-1]
+
+
+def _rouge_l_by_hand(pred: str, gold: str) -> float:
+    p, g = _rouge_tokens(pred), _rouge_tokens(gold)
+    lcs = _lcs(p, g)
+    return 0.0 if lcs == 0 else 2 * lcs / (len(p) + len(g))  # F1 of P = lcs/|p|, R = lcs/|g|
+
+
 @pytest.mark.parametrize(
-    ("pred", "golds"),
+    ("pred", "golds", "expected"),
     [
-        ("the cat sat on the mat", ["a cat on a mat", "dog"]),
-        ("Barack Obama", ["Barack Hussein Obama"]),
-        ("New York City, USA", ["new york"]),
-        ("completely different", ["nothing shared"]),
+        # [the cat sat on the mat] vs [a cat on a mat]: LCS cat-on-mat = 3, P = 3/6, R = 3/5
+        ("the cat sat on the mat", ["a cat on a mat", "dog"], 6 / 11),
+        ("Barack Obama", ["Barack Hussein Obama"], 0.8),  # LCS 2, P = 1, R = 2/3
+        ("New York City, USA", ["new york"], 2 / 3),  # LCS 2, P = 2/4, R = 1
+        ("b a c", ["a b c"], 2 / 3),  # order matters: LCS 2 of 3 each side
+        ("completely different", ["nothing shared"], 0.0),
+        ("São Paulo", ["sao paulo"], 0.4),  # "ã" splits the word: [s, o, paulo] vs [sao, paulo]
     ],
 )
-def test_rouge_l_agrees_with_rouge_score(pred: str, golds: list[str]) -> None:
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
-    expected = max(scorer.score(g, pred)["rougeL"].fmeasure for g in golds)
+def test_rouge_l_matches_hand_computed_lcs(pred: str, golds: list[str], expected: float) -> None:
     assert rouge_l(pred, golds) == pytest.approx(expected)
+    assert max(_rouge_l_by_hand(pred, g) for g in golds) == pytest.approx(expected)  # the oracle itself
 
 
-def test_rouge_l_hand_checked() -> None:
-    # LCS("barack obama", "barack hussein obama") = 2; P = 1, R = 2/3 -> F = 0.8
-    assert rouge_l("Barack Obama", ["Barack Hussein Obama"]) == pytest.approx(0.8)
+def test_rouge_l_agrees_with_an_independent_lcs() -> None:
+    """Random word strings (with case, punctuation and repeats): rouge_l, which wraps rouge-score,
+    equals an LCS computed here from the definition."""
+    rng = random.Random(0)
+    words = ["a", "The", "cat", "cat,", "on", "MAT", "mat", "x1", "dog!", "-", "é"]
+    for _ in range(300):
+        pred = " ".join(rng.choices(words, k=rng.randint(1, 9)))
+        gold = " ".join(rng.choices(words, k=rng.randint(1, 9)))
+        assert rouge_l(pred, [gold]) == pytest.approx(_rouge_l_by_hand(pred, gold)), (pred, gold)
+
+
+def test_rouge_l_of_no_answer_is_zero() -> None:
     assert rouge_l("", ["x"]) == 0.0 and rouge_l(None, ["x"]) == 0.0
+
+
+# Pieces that normalisation treats specially: articles (any case, glued to punctuation), ASCII and
+# Unicode punctuation, Unicode whitespace, NFKC-folded and non-ASCII letters.
+TRICKY = [
+    "a", "an", "the", "A", "An", "THE", "the.", "(a)", "an'", "x", "y", "Paris", "paris", "1", "42",
+    ".", ",", "!", "?", "'", '"', "-", "—", "«", "»", "¿", "…", "·", "/", "(", ")",
+    " ", "  ", "\t", "\n", "\u00a0", "\u2003", "\u3000",
+    "é", "É", "ß", "ﬁ", "İ", "ı", "Ω", "日本", "ǅ", "\u0301",
+]  # fmt: skip
+
+
+def _tricky(rng: random.Random) -> str:
+    return "".join(rng.choice(TRICKY) + rng.choice(["", " "]) for _ in range(rng.randint(0, 6)))
+
+
+def test_sub_em_and_f1_are_never_below_em() -> None:
+    """Property over 20,000 seeded random cases: cover-EM (sub-EM) ≥ EM and F1 ≥ EM, for every
+    prediction and set of golds. Predictions are often a gold with noise added (so EM = 1 is common,
+    including golds that normalise to nothing), else unrelated strings."""
+    rng = random.Random(19)
+    em_hits = empty_gold_cases = 0
+    for _ in range(20_000):
+        golds = [_tricky(rng) for _ in range(rng.randint(1, 3))]
+        if rng.random() < 0.6:
+            noise = rng.choice(["", " ", "the ", "A ", ".", "!!", "\u00a0", "«»"])
+            pred = rng.choice(
+                [noise + rng.choice(golds), rng.choice(golds) + noise, rng.choice(golds).upper()]
+            )
+        else:
+            pred = _tricky(rng)
+        em = exact_match(pred, golds)
+        assert cover_exact_match(pred, golds) >= em, (pred, golds)
+        assert token_f1(pred, golds) >= em, (pred, golds)
+        em_hits += em == 1.0
+        empty_gold_cases += any(normalize_answer(g) == "" for g in golds)
+    assert em_hits > 5_000 and empty_gold_cases > 1_000  # the property was exercised, not vacuous
+
+
+@pytest.mark.parametrize(
+    ("pred", "golds"),
+    [("the", ["a"]), ("?!", ["..."]), ("An", ["the ."]), ("«»", ["—"]), ("x", [""])],
+)
+def test_a_gold_that_normalises_to_nothing_matches_nothing(pred: str, golds: list[str]) -> None:
+    """These scored EM 1 but sub-EM 0 before: an empty normalised gold names no answer."""
+    assert exact_match(pred, golds) == cover_exact_match(pred, golds) == token_f1(pred, golds) == 0.0
 
 
 GOOD = (

@@ -5,14 +5,18 @@
   kept (NFKC-folded, so "ﬁ" == "fi"), unlike rouge-score's tokenizer.
 * ``exact_match`` — normalised prediction == a normalised gold (max over golds).
 * ``cover_exact_match`` — sub-EM / cover-EM: a normalised gold occurs in the normalised prediction
-  as a whole-word span (max over golds).
+  as a whole-word span (max over golds). An exact match is always a cover match, so sub-EM ≥ EM
+  for every prediction and gold.
 * ``token_f1`` — SQuAD token-overlap F1 on normalised tokens (max over golds).
 * ``rouge_l`` — ROUGE-L F-measure from the ``rouge-score`` package, ``RougeScorer(["rougeL"],
   use_stemmer=False)`` with its default tokenizer (lowercase, ASCII alphanumeric tokens), on the
   raw strings, max over golds. Its tokenizer drops non-ASCII letters, so a prediction that is all
   non-ASCII scores 0; EM/F1 above do not have that limit.
 
-A missing prediction (``None``, the model never answered) and an empty one score 0 everywhere.
+A missing prediction (``None``, the model never answered) and an empty one score 0 everywhere. So
+does a gold that normalises to nothing ("the", "?!"): it names no answer, and without this rule EM
+would credit any article- or punctuation-only prediction ("a" == "the" once both are empty) while
+sub-EM and F1, which need a word to match, gave 0 — sub-EM below EM.
 """
 
 from __future__ import annotations
@@ -53,7 +57,8 @@ def _max_over(
 
 
 def _em(pred: str, gold: str) -> float:
-    return float(normalize_answer(pred) == normalize_answer(gold))
+    g = normalize_answer(gold)
+    return float(bool(g) and normalize_answer(pred) == g)
 
 
 def _cover_em(pred: str, gold: str) -> float:
@@ -98,7 +103,8 @@ def rouge_l(prediction: str | None, golds: str | Sequence[str]) -> float:
 # How each metric is computed, written into results.json next to the numbers.
 METRIC_DEFINITIONS = {
     "em": "exact match after SQuAD normalisation (lowercase, no punctuation/articles, collapsed "
-    "whitespace, NFKC), max over gold answers, on the response's final <answer> only",
+    "whitespace, NFKC), max over gold answers, on the response's final <answer> only; a gold that "
+    "normalises to nothing matches nothing",
     "cover_em": "sub-EM: a normalised gold is a whole-word span of the normalised answer, max over golds",
     "f1": "SQuAD token F1 on normalised tokens, max over golds",
     "rouge_l": "rouge-score 0.1.2 rougeL F-measure, use_stemmer=False, default tokenizer, raw strings, "
