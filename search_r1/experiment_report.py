@@ -2,7 +2,9 @@
 
 Beside the scores, the failed searches of each group (summed over its seeds): an evaluation publishes
 a score only when at most ``max_failed_share`` of its searches failed, so the column is usually 0,
-and when it is not the reader is told under the table.
+and when it is not the reader is told under the table. Beside the table, the training curves of the
+RL runs (reward, EM, searches/question, entropy per step, one line per run) from each run's
+``metrics.jsonl``, so a run that collapsed shows how (docs/rl.md, "Training health").
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from search_r1.config import to_dict
+from search_r1.rl.learning import read_metrics
 
 GROUPS = {"baseline": "baseline (no SFT, no RL)", "sft": "SFT only", "rl": "RL only", "sft_rl": "SFT + RL"}
 # (key in results.json's overall metrics, column title)
@@ -24,6 +27,13 @@ COLUMNS = [
     ("rouge_l", "ROUGE-L"),
     ("searches", "searches / question"),
     ("format_valid", "valid format"),
+]
+# (key in the single-machine trainer's metrics.jsonl, panel title) of the training curves
+CURVES = [
+    ("reward/mean", "reward"),
+    ("reward/em", "EM"),
+    ("rollout/searches_per_question", "searches / question"),
+    ("actor/entropy", "entropy"),
 ]
 
 
@@ -97,6 +107,39 @@ def bar_chart(summary: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def training_runs(root: Path) -> dict[str, Path]:
+    """``seed<S>/<run name>`` -> run folder, for every RL run of the experiment that wrote
+    ``metrics.jsonl`` (the single-machine trainer; verl logs to its own loggers)."""
+    return {f"{m.parts[-4]}/{m.parts[-2]}": m.parent for m in sorted(root.glob("seed*/ppo*/*/metrics.jsonl"))}
+
+
+def training_curves(runs: dict[str, Path], path: Path) -> dict[str, list[str]]:
+    """One panel per :data:`CURVES` metric against the step, one line per run; returns each panel's
+    drawn runs (a run that did not log a metric is left out of that panel)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = {label: read_metrics(run) for label, run in runs.items()}
+    fig, axes = plt.subplots(1, len(CURVES), figsize=(4 * len(CURVES), 3.4), squeeze=False)
+    drawn: dict[str, list[str]] = {}
+    for ax, (key, title) in zip(axes[0], CURVES, strict=True):
+        for label, steps in metrics.items():
+            points = [(m["step"], m[key]) for m in steps if key in m]
+            if points:
+                ax.plot(*zip(*points, strict=True), marker=".", label=label)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        drawn[title] = [line.get_label() for line in ax.get_lines()]
+    axes[0][0].legend(fontsize="small")
+    fig.suptitle("RL training curves (one line per run)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return drawn
+
+
 def git_commit() -> str:
     try:
         return subprocess.run(
@@ -118,16 +161,24 @@ def write_report(summary: dict[str, Any], cfg: Any, root: Path, publish_dir: Pat
         "How each metric is computed:\n\n"
         + "".join(f"- **{k}**: {v}\n" for k, v in summary["definitions"].items())
     )
+    runs = training_runs(root)
+    curves = f"{cfg.preset}.training.png"  # the same name beside results.md and where it is published
+    if runs:
+        training_curves(runs, root / curves)
+        body += f"\nTraining curves of the RL runs ({', '.join(runs)}):\n\n![training curves]({curves})\n"
     (root / "results.md").write_text(body)
     (root / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
     bar_chart(summary, root / "results.png")
     print("\n" + table, flush=True)
     print(
-        f"[experiment] {minutes:.1f} min; table: {root / 'results.md'}, chart: {root / 'results.png'}",
+        f"[experiment] {minutes:.1f} min; table: {root / 'results.md'}, chart: {root / 'results.png'}"
+        + (f", training curves: {root / curves}" if runs else ""),
         flush=True,
     )
     if publish_dir is not None:
         publish_dir.mkdir(parents=True, exist_ok=True)
         for suffix in ("md", "json", "png"):
             shutil.copy(root / f"results.{suffix}", publish_dir / f"{cfg.preset}.{suffix}")
+        if runs:
+            shutil.copy(root / curves, publish_dir / curves)
         print(f"[experiment] published to {publish_dir}", flush=True)

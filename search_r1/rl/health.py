@@ -114,4 +114,7 @@ def stop_summary(collapses: Iterable[Collapse], step: int, total_steps: int) -> 
     why = "; ".join(
         f"{c.measure} {c.current:.3g} (early {c.early:.3g}, threshold {c.threshold:.3g})" for c in collapses
     )
-    return f"[health] stopped at step {step} of {total_steps} (trainer.stop_on_collapse): collapse of {why}"
+    return (
+        f"[health] stopped at step {step} of {total_steps} (trainer.stop_on_collapse): collapse of {why}; "
+        f"the step's checkpoint is saved"
+    )
