@@ -116,5 +116,5 @@ def stop_summary(collapses: Iterable[Collapse], step: int, total_steps: int) -> 
     )
     return (
         f"[health] stopped at step {step} of {total_steps} (trainer.stop_on_collapse): collapse of {why}; "
-        f"the step's checkpoint is saved"
+        "the step's checkpoint is saved"
     )
