@@ -26,7 +26,7 @@ from search_r1.rewards.format import is_valid_format
 from search_r1.rewards.metrics import exact_match
 from sft.config import DEFAULT_CONFIG, FilterConfig, SFTConfig
 from sft.export import reproducible
-from sft.generate import read_records
+from sft.generate import read_trajectories
 
 MIX_KEYS = ("no_search", "one_search", "multi_search")
 
@@ -152,7 +152,7 @@ def balance(trajs: list[Trajectory], target: dict[str, float], rng: random.Rando
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(SFTConfig, "Filter and balance teacher trajectories.", DEFAULT_CONFIG, argv)
     tokenizer = AutoTokenizer.from_pretrained(cfg.model)
-    trajs = [Trajectory.from_dict(r) for path in cfg.trajectory_files for r in read_records(path)]
+    trajs = [t for path in cfg.trajectory_files for t in read_trajectories(path)]
     kept, report = select(trajs, cfg.filters, tokenizer)
     with cfg.filtered.open("w", encoding="utf-8") as f:
         for t in kept:

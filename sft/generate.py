@@ -81,14 +81,39 @@ def load_questions(parquet: Path, max_questions: int = 0, source: str = "world")
     return out
 
 
-def read_records(path: Path) -> Iterator[dict[str, Any]]:
-    """The JSON lines of ``path``; a line that is not JSON raises ``DatasetError`` naming file and line."""
+def _numbered_records(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``("<file>:<line>", record)`` for each line of ``path``; a line that is not a JSON object
+    raises ``DatasetError`` naming file and line."""
+    lineno = 0
     with Path(path).open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DatasetError(f"{path}:{lineno}: not JSON ({exc.msg})") from None
+        try:
+            for lineno, line in enumerate(f, start=1):
+                where = f"{path}:{lineno}"
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise DatasetError(f"{where}: not JSON ({exc.msg})") from None
+                if not isinstance(rec, dict):
+                    raise DatasetError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+                yield where, rec
+        except UnicodeDecodeError as exc:  # decoded a block at a time: the line is approximate
+            raise DatasetError(f"{path}: not UTF-8 text near line {lineno + 1} ({exc.reason})") from None
+
+
+def read_records(path: Path) -> Iterator[dict[str, Any]]:
+    """The JSON objects of ``path``, one a line; a bad line raises ``DatasetError`` naming file and line."""
+    for _, rec in _numbered_records(path):
+        yield rec
+
+
+def read_trajectories(path: Path) -> Iterator[Trajectory]:
+    """The trajectories of ``path``; a line that is no trajectory record (a field missing, unknown or
+    of the wrong kind) raises ``DatasetError`` naming file and line, not a bare ``TypeError``."""
+    for where, rec in _numbered_records(path):
+        try:
+            yield Trajectory.from_dict(rec)
+        except (TypeError, KeyError, AttributeError) as exc:
+            raise DatasetError(f"{where}: not a trajectory record ({exc})") from None
 
 
 def recover(path: Path) -> set[tuple[str, int]]:
@@ -100,7 +125,7 @@ def recover(path: Path) -> set[tuple[str, int]]:
     if len(keep) != len(data):
         with path.open("r+b") as f:
             f.truncate(len(keep))
-    return {(r["uid"], r["sample_index"]) for r in read_records(path)}
+    return {(t.uid, t.sample_index) for t in read_trajectories(path)}
 
 
 def missing(path: Path, questions: list[Question], n_samples: int) -> list[tuple[Question, list[int]]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -97,3 +98,86 @@ def test_prepare_data_script(tmp_path) -> None:
         env={"PYTHONPATH": str(REPO_ROOT), "PATH": "/usr/bin:/bin"},
     )
     assert proc.returncode == 2 and "unknown datasets ['nope']" in proc.stderr  # bad input
+
+
+# ---- corrupt inputs name their file and row ------------------------------------------------------
+
+
+GOOD_CORPUS_LINE = '{"id": "d1", "contents": "\\"T\\"\\ntext"}\n'
+
+
+@pytest.mark.parametrize(
+    ("bad_line", "message"),
+    [
+        ('{"id": "d2", "contents": "\\"T\\"\\ntr\n', "invalid JSON"),  # torn mid-string
+        ('["d2", "text"]\n', "expected a JSON object, got list"),
+        ('{"contents": "\\"T\\"\\ntext"}\n', "needs an 'id'"),
+        ('{"id": null, "contents": "x"}\n', "needs an 'id'"),
+        ('{"id": "d2", "body": "x"}\n', "needs a string 'contents', or 'title' and 'text'"),
+    ],
+)
+def test_a_corrupt_corpus_line_names_file_and_line(tmp_path, bad_line: str, message: str) -> None:
+    """Line 3 (after a good line and a blank one) is bad: the reader and the index build that streams
+    it both stop with a CorpusError naming ``<file>:3``."""
+    from search_r1.data.corpus import CorpusError, iter_corpus
+    from search_r1.retrieval.build import build_index
+    from search_r1.retrieval.config import BuildConfig
+
+    path = tmp_path / "corpus.jsonl"
+    path.write_text(GOOD_CORPUS_LINE + "\n" + bad_line + GOOD_CORPUS_LINE)
+    where = re.escape(f"{path}:3: ")
+    with pytest.raises(CorpusError, match=where + re.escape(message)):
+        list(iter_corpus(path))
+    with pytest.raises(CorpusError, match=where):
+        build_index(BuildConfig(corpus=str(path), out_dir=str(tmp_path / "index"), backends=["bm25"]))
+
+
+def _corrupt(row: dict, what: str) -> None:
+    if what == "no_golds":
+        row["reward_model"]["ground_truth"]["target"] = []
+    elif what == "null_gold":
+        row["reward_model"]["ground_truth"]["target"] = ["Paris", None]
+    elif what == "no_target":
+        row["reward_model"]["ground_truth"] = {"style": "rule"}
+    elif what == "empty_prompt":
+        row["prompt"] = []
+    elif what == "no_question":
+        row["extra_info"] = {"split": "test", "index": 1}
+
+
+@pytest.mark.parametrize(
+    ("what", "message"),
+    [
+        ("no_golds", "empty gold answer list"),
+        ("null_gold", "a gold answer is missing or empty"),
+        ("no_target", "missing reward_model.ground_truth.target"),
+        ("empty_prompt", "'prompt' must be a non-empty list of chat messages"),
+        ("no_question", "extra_info must hold 'question'"),
+    ],
+)
+def test_a_corrupt_parquet_row_names_file_and_row(tmp_path, what: str, message: str) -> None:
+    """Row 1 of 3 is broken after writing: reading it, directly or as the SFT teacher's questions,
+    raises DatasetError naming ``<file>: row 1``."""
+    import pandas as pd
+
+    from search_r1.data.schema import DatasetError, QAExample, to_verl_row
+    from sft.generate import load_questions
+
+    rows = [to_verl_row(QAExample(f"q{i}", f"question {i}?", ["Paris"], "nq", "test"), i) for i in range(3)]
+    _corrupt(rows[1], what)
+    path = tmp_path / "test.parquet"
+    pd.DataFrame(rows).to_parquet(path, index=False)
+    where = re.escape(f"{path}: row 1: ")
+    with pytest.raises(DatasetError, match=where + re.escape(message)):
+        read_parquet(path)
+    with pytest.raises(DatasetError, match=where):
+        load_questions(path)
+
+
+def test_a_file_that_is_no_parquet_names_the_file(tmp_path) -> None:
+    from search_r1.data.schema import DatasetError
+
+    path = tmp_path / "train.parquet"
+    path.write_text('{"question": "a JSONL file under the wrong name"}\n')
+    with pytest.raises(DatasetError, match=re.escape(f"{path}: ")):
+        read_parquet(path)

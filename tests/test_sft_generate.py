@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -164,3 +165,38 @@ def test_balance_reaches_the_target_mix():
     kept = balance(trajs, {"no_search": 0.2, "one_search": 0.4, "multi_search": 0.4}, random.Random(0))
     counts = [sum(t.num_searches == s for t in kept) for s in (0, 1, 2)]
     assert counts == [10, 20, 20]
+
+
+@pytest.mark.parametrize(
+    ("bad_line", "message"),
+    [
+        ('{"uid": "b", "prompt_ids": [1, 2\n', "not JSON"),  # a torn line that is not the last
+        ('["b", [1, 2]]\n', "expected a JSON object, got list"),
+        ('{"prompt_ids": [1, 2]}\n', "not a trajectory record"),  # no uid
+        ('{"uid": "b", "prompt_ids": [], "turns": [{"text": "t"}]}\n', "not a trajectory record"),
+        ('{"uid": "b", "prompt_ids": [], "no_such_field": 1}\n', "not a trajectory record"),
+    ],
+)
+def test_a_corrupt_trajectory_record_names_file_and_line(tok_dir, tmp_path, capsys, bad_line, message):
+    """Line 2 of the teacher's file is bad: reading it, resuming generation on it, and the filters'
+    entry point all name ``<file>:2``; the entry point exits 2 with that one line."""
+    import json
+
+    from search_r1.data.schema import DatasetError
+    from sft.filters import main as filters_main
+    from sft.generate import read_trajectories
+
+    cfg = SFTConfig(model=str(tok_dir), run_dir=str(tmp_path))
+    good = json.dumps(traj("a", 1).to_dict()) + "\n"
+    cfg.trajectories.parent.mkdir(parents=True, exist_ok=True)
+    cfg.trajectories.write_text(good + bad_line + good)
+    where = f"{cfg.trajectories}:2: "
+    with pytest.raises(DatasetError, match=re.escape(where + message)):
+        list(read_trajectories(cfg.trajectories))
+    with pytest.raises(DatasetError, match=re.escape(where + message)):
+        recover(cfg.trajectories)  # a resumed teacher run
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        filters_main([f"model={tok_dir}", f"run_dir={tmp_path}", "practice.worlds=0"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.startswith(f"error: {where}{message}")

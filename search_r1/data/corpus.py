@@ -47,8 +47,8 @@ def split_contents(contents: str) -> tuple[str, str]:
 def parse_row(row: object, where: str) -> Doc:
     if not isinstance(row, dict):
         raise CorpusError(f"{where}: expected a JSON object, got {type(row).__name__}")
-    if "id" not in row:
-        raise CorpusError(f"{where}: missing 'id'")
+    if not isinstance(row.get("id"), str | int) or isinstance(row["id"], bool):
+        raise CorpusError(f"{where}: needs an 'id' (a string or an integer), got {row.get('id')!r}")
     if isinstance(row.get("contents"), str):
         return Doc(str(row["id"]), row["contents"])
     if isinstance(row.get("text"), str):

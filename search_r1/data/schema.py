@@ -15,7 +15,8 @@ REQUIRED_COLUMNS = ("data_source", "prompt", "ability", "reward_model", "extra_i
 
 
 class DatasetError(ValueError):
-    """A dataset row that does not follow the schema; the message names the file and row."""
+    """A dataset file or row that does not follow the schema; the message names the file and the row
+    (numbered from 0, as pandas and pyarrow number them)."""
 
 
 @dataclass
@@ -70,9 +71,10 @@ def read_parquet(path: str | Path) -> list[dict[str, Any]]:
     for i, row in enumerate(rows):
         validate_row(row, f"{path}: row {i}")
         row["prompt"] = [dict(m) for m in row["prompt"]]
-        row["reward_model"]["ground_truth"]["target"] = [
-            str(t) for t in row["reward_model"]["ground_truth"]["target"]
-        ]
+        target = row["reward_model"]["ground_truth"]["target"]
+        row["reward_model"]["ground_truth"]["target"] = (
+            [target] if isinstance(target, str) else [str(t) for t in target]
+        )
     return rows
 
 
@@ -83,11 +85,17 @@ def validate_row(row: dict[str, Any], where: str) -> None:
     try:
         target = row["reward_model"]["ground_truth"]["target"]
     except (KeyError, TypeError):
-        raise DatasetError(f"{where}: missing reward_model.ground_truth.target") from None
-    if target is None or len(target) == 0:
+        target = None
+    if target is None:  # parquet keeps a struct's schema, so a missing field reads back as None
+        raise DatasetError(f"{where}: missing reward_model.ground_truth.target")
+    if isinstance(target, str):
+        target = [target]
+    if len(target) == 0:
         raise DatasetError(f"{where}: empty gold answer list")
+    if any(t is None or str(t).strip() == "" for t in target):  # str(None) would become the answer "None"
+        raise DatasetError(f"{where}: a gold answer is missing or empty: {list(target)!r}")
     extra = row.get("extra_info")
-    if not isinstance(extra, dict) or "question" not in extra:
+    if not isinstance(extra, dict) or not isinstance(extra.get("question"), str):  # None: absent in this row
         raise DatasetError(f"{where}: extra_info must hold 'question'")
 
 
