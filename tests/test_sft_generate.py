@@ -200,3 +200,41 @@ def test_a_corrupt_trajectory_record_names_file_and_line(tok_dir, tmp_path, caps
         filters_main([f"model={tok_dir}", f"run_dir={tmp_path}", "practice.worlds=0"])
     assert exit_.value.code == 2
     assert capsys.readouterr().err.startswith(f"error: {where}{message}")
+
+
+def _split_one_token(t: Trajectory, tok) -> Trajectory:
+    """``t`` with one policy token replaced by the tokens of its characters: the same text, a
+    tokenisation the tokenizer would never produce (what a sampled model can emit)."""
+    import copy
+
+    original, t = t, copy.deepcopy(t)
+    for i, (tid, m) in enumerate(zip(t.response_ids, t.response_mask, strict=True)):
+        piece = tok.decode([tid])
+        if not m or len(piece) < 2 or not piece.isalpha():
+            continue
+        chars = [tok.encode(c, add_special_tokens=False) for c in piece]
+        if all(len(c) == 1 for c in chars):
+            ids = [c[0] for c in chars]
+            t.response_ids[i : i + 1] = ids
+            t.response_mask[i : i + 1] = [1] * len(ids)
+            assert tok.decode(t.response_ids) == tok.decode(original.response_ids)
+            return t
+    raise AssertionError("no policy token made of single-token characters")
+
+
+def test_a_trajectory_that_does_not_reproduce_is_filtered_and_reported(world, tok_dir, tmp_path):
+    """The real ``reproducible`` check (not patched): oracle trajectories all pass it; one with a
+    non-canonical tokenisation of the same text, and one whose prompt ids are not the chat template's,
+    are removed and charged to ``not_reproducible``."""
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    path = asyncio.run(run_generation(world, tok_dir, tmp_path))
+    trajs = [Trajectory.from_dict(r) for r in read_records(path)]
+    cfg = FilterConfig(fewest_searches=False, max_all_solved_fraction=1.0, mix={})
+    kept, report = select(trajs, cfg, tok)
+    assert "not_reproducible" not in report.removed and len(kept) > 10
+
+    split = _split_one_token(kept[0], tok)
+    wrong_prompt = Trajectory.from_dict(kept[1].to_dict() | {"prompt_ids": kept[1].prompt_ids[1:]})
+    kept2, report2 = select([*kept, split, wrong_prompt], cfg, tok)
+    assert report2.removed == {"not_reproducible": 2}
+    assert [t.to_dict() for t in kept2] == [t.to_dict() for t in kept]
