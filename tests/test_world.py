@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
+from collections import Counter
 
 import pandas as pd
 import pytest
+from omegaconf.errors import ConfigKeyError, ValidationError
 
 from search_r1.config import load_config
 from search_r1.data.corpus import iter_corpus
@@ -28,16 +31,26 @@ def test_another_seed_gives_another_world(world, tmp_path):
     assert other.corpus.read_bytes() != world.corpus.read_bytes()
 
 
+# A corpus line, literally: two keys in this order, JSON's default separators, UTF-8 unescaped; the
+# id says which part of the world the passage is from; contents is a quoted title line, then one line.
+CORPUS_LINE = re.compile(r'\{"id": "(?P<id>[^"]+)", "contents": "(?P<contents>.*)"\}')
+CORPUS_ID = re.compile(r"wiki-\d+|kb-(person|city|country|company)-[a-z]+(-[a-z]+)*")
+CONTENTS = re.compile(r'"(?P<title>[^"\n]+)"\n(?P<text>[^\n]+)')
+
+
 def test_corpus_schema(world):
+    lines = world.corpus.read_text(encoding="utf-8").splitlines()
     docs = list(iter_corpus(world.corpus))
-    assert len({d.id for d in docs}) == len(docs)
-    kb = [d for d in docs if d.id.startswith("kb-")]
-    wiki = [d for d in docs if d.id.startswith("wiki-")]
-    assert len(kb) + len(wiki) == len(docs) and kb and wiki
-    for d in docs:
-        row = json.loads(json.dumps({"id": d.id, "contents": d.contents}))
-        assert row["contents"].startswith('"') and "\n" in row["contents"]
-        assert d.title and d.text
+    assert len(docs) == len(lines) == len({d.id for d in docs})
+    for line, doc in zip(lines, docs, strict=True):
+        m = CORPUS_LINE.fullmatch(line)
+        assert m and m["id"] == doc.id and CORPUS_ID.fullmatch(doc.id), line[:120]
+        assert json.loads(f'"{m["contents"]}"') == doc.contents  # the raw field is the Doc's contents
+        c = CONTENTS.fullmatch(doc.contents)
+        assert c and (c["title"], c["text"]) == (doc.title, doc.text), line[:120]
+    kinds = Counter(d.id.split("-")[0] if d.id.startswith("wiki") else d.id.split("-")[1] for d in docs)
+    assert set(kinds) == {"wiki", "person", "city", "country", "company"}
+    assert any(not line.isascii() for line in lines)  # real Wikipedia text: written unescaped
 
 
 def test_parquet_schema_and_unique_group_ids(world):
@@ -83,7 +96,20 @@ def test_every_test_answer_is_derivable_from_the_corpus(world):
             assert q["answer"] not in support[0].text, q  # ... but not the answer: two passages needed
 
 
-@pytest.mark.parametrize("bad", ["split_fractions=[0.5]", "n_people=notanint", "no_such_key=1"])
-def test_bad_config_is_rejected(bad, tmp_path):
-    with pytest.raises(Exception):  # noqa: B017 - OmegaConf raises several types
+@pytest.mark.parametrize(
+    ("bad", "error", "message"),
+    [
+        ("split_fractions=[0.5]", ValueError, "split_fractions must be three shares summing to 1, got [0.5]"),
+        ("split_fractions=[0.5,0.3,0.3]", ValueError, "split_fractions must be three shares summing to 1"),
+        ("known_fraction=1.5", ValueError, "known_fraction must be in [0, 1], got 1.5"),
+        (
+            "n_people=notanint",
+            ValidationError,
+            "Value 'notanint' of type 'str' could not be converted to Integer",
+        ),
+        ("no_such_key=1", ConfigKeyError, "Key 'no_such_key' not in 'WorldConfig'"),
+    ],
+)
+def test_bad_config_is_rejected(bad: str, error: type[Exception], message: str, tmp_path) -> None:
+    with pytest.raises(error, match=re.escape(message)):
         load_config(WorldConfig, CONFIG_DIR / "world" / "default.yaml", [f"out_dir={tmp_path}", bad])
