@@ -107,23 +107,23 @@ def test_schema_byte_for_byte(dense_url, corpus):
             assert list(item["document"]) == ["id", "contents"]
             assert isinstance(item["score"], float)
             assert item["document"]["contents"] == by_id[item["document"]["id"]]
-    # Compact JSON with exactly these keys in this order, nothing else: rebuilding it gives the same bytes.
-    expected = {
-        "result": [
-            [
-                {
-                    "document": {"id": it["document"]["id"], "contents": it["document"]["contents"]},
-                    "score": it["score"],
-                }
-                for it in per
-            ]
-            for per in body["result"]
-        ]
-    }
-    assert scored.content == json.dumps(expected, ensure_ascii=False, separators=(",", ":")).encode()
+
+    # The bytes, written out: compact JSON, these keys in this order, UTF-8 unescaped, nothing else.
+    # Only the ranking (ids, tested against brute force below) and the scores come from the response;
+    # each passage's contents come from the corpus file.
+    def doc(i: str) -> str:
+        return '{"id":' + json.dumps(i) + ',"contents":' + json.dumps(by_id[i], ensure_ascii=False) + "}"
+
+    ids = [[it["document"]["id"] for it in per] for per in body["result"]]
+    scores = [[it["score"] for it in per] for per in body["result"]]
+    with_scores = ",".join(
+        "[" + ",".join(f'{{"document":{doc(i)},"score":{s!r}}}' for i, s in zip(q, sc, strict=True)) + "]"
+        for q, sc in zip(ids, scores, strict=True)
+    )
+    assert scored.content.decode() == '{"result":[' + with_scores + "]}"
     # Without return_scores the items are the bare documents, in the same order.
-    expected_bare = {"result": [[it["document"] for it in per] for per in body["result"]]}
-    assert bare.content == json.dumps(expected_bare, ensure_ascii=False, separators=(",", ":")).encode()
+    bare_docs = ",".join("[" + ",".join(doc(i) for i in q) + "]" for q in ids)
+    assert bare.content.decode() == '{"result":[' + bare_docs + "]}"
     assert default.content == bare.content
 
 
