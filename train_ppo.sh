@@ -24,6 +24,7 @@ if [[ "${1:-}" == --config=* ]]; then CONFIG="${1#--config=}"; shift; fi
 for arg in "$@"; do
   if [[ "$arg" == "-h" || "$arg" == "--help" ]]; then exec "$PY" -m search_r1.rl.trainer --help; fi
 done
+[[ -f "$CONFIG" ]] || { echo "train_ppo.sh: error: no such config file: $CONFIG" >&2; exit 2; }
 
 if grep -q '^defaults:' "$CONFIG"; then
   # verl: the config must compose over verl's defaults with no unknown keys and pass validate_config.
@@ -36,7 +37,13 @@ if grep -q '^defaults:' "$CONFIG"; then
     'hydra.searchpath=[pkg://verl.trainer.config]' "$@"
 fi
 
-# Single machine: the embedded world, its tiny model and its index (built once, cached).
+# Single machine: a bad key or value is reported now (exit 2, one line), not after the builds below.
+OVERRIDES=()
+for arg in "$@"; do [[ "$arg" == "--resume" ]] || OVERRIDES+=("$arg"); done
+"$PY" -c 'import sys; from search_r1.config import parse_config; from search_r1.rl.config import PPOConfig
+parse_config(PPOConfig, "", None, sys.argv[1:], prog="train_ppo.sh")' --config "$CONFIG" "${OVERRIDES[@]}"
+
+# The embedded world, its tiny model and its index (built once, cached).
 PRESET="$(basename "$CONFIG" .yaml)"; PRESET="${PRESET%%_*}"          # tiny_ppo -> tiny
 SFT="${SEARCH_R1_HOME:-outputs}/runs/sft/$PRESET/merged"
 MODEL_ARGS=()

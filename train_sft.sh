@@ -19,14 +19,15 @@ CONFIG=configs/sft/tiny.yaml
 if [[ "${1:-}" == "--config" ]]; then CONFIG="$2"; shift 2; fi
 ARGS=(--config "$CONFIG" "$@")
 
-# Resolved settings (model, world, run dir, retriever) from the same typed config the stages use.
-eval "$("$PY" - "${ARGS[@]}" <<'PYEOF'
+# Resolved settings (model, world, run dir, retriever) from the same typed config the stages use; a
+# bad key or value ends the script here (exit 2: an assignment keeps the status that eval would lose).
+SETTINGS="$("$PY" - "${ARGS[@]}" <<'PYEOF'
 import shlex, sys
 from pathlib import Path
 from search_r1.config import parse_config
 from search_r1.paths import MODELS_DIR
 from sft.config import DEFAULT_CONFIG, SFTConfig
-c = parse_config(SFTConfig, "train_sft", DEFAULT_CONFIG, sys.argv[1:])
+c = parse_config(SFTConfig, "train_sft", DEFAULT_CONFIG, sys.argv[1:], prog="train_sft.sh")
 for k, v in dict(MODEL=c.model, WORLD=c.world_dir, RUN=c.root, URL=c.generate.retriever_url,
                  PROTOCOL=c.generate.protocol, MERGE=int(c.merge), CHECK_SPLIT=c.check.split,
                  CHECK_N=c.check.max_questions, CHECK_DEVICE=c.check.device,
@@ -34,6 +35,7 @@ for k, v in dict(MODEL=c.model, WORLD=c.world_dir, RUN=c.root, URL=c.generate.re
     print(f"{k}={shlex.quote(str(v))}")
 PYEOF
 )"
+eval "$SETTINGS"
 
 echo "[train_sft] config $CONFIG -> $RUN"
 mkdir -p "$RUN"

@@ -34,7 +34,7 @@ from search_r1.agent.engines.base import SamplingParams
 from search_r1.agent.engines.hf import HFEngine
 from search_r1.agent.protocol import ProtocolConfig
 from search_r1.agent.rollout import rollout
-from search_r1.config import entry_point, parse_config, to_dict
+from search_r1.config import die, entry_point, parse_config, to_dict
 from search_r1.data.schema import read_parquet, uid_of
 from search_r1.eval.faults import REFUSED_EXIT
 from search_r1.paths import CONFIG_DIR, WORLD_DIR
@@ -134,7 +134,10 @@ def select(cfg: SelectConfig) -> Path:
 
 @entry_point
 def main(argv: list[str] | None = None) -> None:
-    out = select(parse_config(SelectConfig, __doc__.splitlines()[0], None, argv))
+    cfg = parse_config(SelectConfig, __doc__.splitlines()[0], None, argv)
+    if not cfg.model or not cfg.out:
+        die("model=<HF folder> and out=<parquet> are required", 2)
+    out = select(cfg)
     if json.loads(out.with_suffix(".pass_rates.json").read_text())["unclassified"]:
         raise SystemExit(REFUSED_EXIT)  # a pipeline must not train on a partial selection
 

@@ -12,12 +12,15 @@ check accepts keys there and rejects unknown keys everywhere else.
 
 from __future__ import annotations
 
+import argparse
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir, initialize_config_module
 from omegaconf import DictConfig
 
+from search_r1.config import die
 from search_r1.paths import CONFIG_DIR
 
 RL_CONFIG_DIR = CONFIG_DIR / "rl"
@@ -84,12 +87,14 @@ def _has(node: DictConfig, path: str) -> bool:
     return True
 
 
-def check(name: str = "verl_ppo", overrides: Sequence[str] = ()) -> DictConfig:
+def check(
+    name: str = "verl_ppo", overrides: Sequence[str] = (), config_dir: Path = RL_CONFIG_DIR
+) -> DictConfig:
     """Compose, reject unknown keys, then run verl's ``validate_config``; returns the config."""
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
     from verl.utils.config import validate_config
 
-    cfg = compose_config(name, overrides)
+    cfg = compose_config(name, overrides, config_dir)
     bad = unknown_keys(cfg)
     if bad:
         raise ValueError(f"{name}: keys unknown to verl: {bad}")
@@ -97,8 +102,46 @@ def check(name: str = "verl_ppo", overrides: Sequence[str] = ()) -> DictConfig:
     return cfg
 
 
-if __name__ == "__main__":
-    import sys
+def config_errors() -> tuple[type[Exception], ...]:
+    """What ``check`` raises for a bad config: Hydra's and OmegaConf's errors, our unknown keys
+    (``ValueError``) and verl's ``validate_config`` (asserts and ``ValueError``/``TypeError``)."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
 
-    check(sys.argv[1] if len(sys.argv) > 1 else "verl_ppo", sys.argv[2:])
+    return (ValueError, AssertionError, TypeError, HydraException, OmegaConfBaseException)
+
+
+def describe(name: str, exc: Exception) -> str:
+    """One line for a rejected config (Hydra's messages run over several)."""
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line if line.startswith(f"{name}:") else f"{name}: {line}"
+
+
+def check_or_exit(name: str, overrides: Sequence[str], config_dir: Path = RL_CONFIG_DIR) -> DictConfig:
+    """``check``, with a rejected config ending the process: exit 2 and one line on stderr."""
+    try:
+        return check(name, overrides, config_dir)
+    except config_errors() as exc:
+        die(describe(name, exc), 2)
+
+
+def check_command_line(argv: Sequence[str]) -> None:
+    """``check`` the config that verl's own command line names (``--config-path``, ``--config-name``
+    and overrides, as ``train_ppo.sh`` passes them to ``search_r1.rl.verl_main``). Hydra reports the
+    same mistakes itself, but over several lines and with exit 1, like a run that failed."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--config-path", "-cp", type=Path, default=RL_CONFIG_DIR)
+    parser.add_argument("--config-name", "-cn", default="verl_ppo")
+    parser.add_argument("--help", "-h", "--hydra-help", "--info", "-i", "--version", action="store_true")
+    parser.add_argument("--cfg", "-c")
+    args, rest = parser.parse_known_args(argv)
+    if args.help or args.cfg:  # Hydra prints help or the composed config and runs nothing
+        return
+    overrides = [a for a in rest if "=" in a and not a.startswith("-") and "hydra." not in a.split("=")[0]]
+    check_or_exit(args.config_name, overrides, args.config_path)
+
+
+if __name__ == "__main__":
+    check_or_exit(sys.argv[1] if len(sys.argv) > 1 else "verl_ppo", sys.argv[2:])
     print("ok")

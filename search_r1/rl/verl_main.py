@@ -152,4 +152,9 @@ def main(config: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    import sys
+
+    from search_r1.rl.verl_config import check_command_line
+
+    check_command_line(sys.argv[1:])  # a bad key or value: exit 2 and one line, before Hydra and Ray
     main()

@@ -43,6 +43,7 @@ import torch
 from search_r1.agent.engines.base import SamplingParams
 from search_r1.agent.engines.hf import HFEngine
 from search_r1.agent.protocol import INFO_OPEN
+from search_r1.config import entry_point
 from search_r1.paths import REPO_ROOT
 from search_r1.rl.verl_config import RL_CONFIG_DIR
 
@@ -120,19 +121,15 @@ def config_name(config: str) -> str:
 
 def compose_checked(args: RehearsalArgs) -> Any:
     """Our ``check`` on the exact overrides; every failure of composition or validation is a BadConfig."""
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from search_r1.rl.verl_config import check
+    from search_r1.rl.verl_config import check, config_errors, describe
 
     name = config_name(args.config)
     if not (RL_CONFIG_DIR / f"{name}.yaml").is_file():
         raise BadConfig(f"no verl config {name!r} in {RL_CONFIG_DIR}")
     try:
         return check(name, list(args.overrides))
-    except (ValueError, AssertionError, TypeError, HydraException, OmegaConfBaseException) as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BadConfig(f"{name}: {message}") from None
+    except config_errors() as exc:
+        raise BadConfig(describe(name, exc)) from None
 
 
 class InProcessServerManager:
@@ -257,7 +254,10 @@ def first_rows(train_files: Any, n: int, out: Path) -> Path:
     path = _resolve(files[0])
     if not path.is_file():
         raise BadConfig(f"data.train_files: no such file {path}")
-    batch = next(pq.ParquetFile(path).iter_batches(batch_size=n))
+    try:
+        batch = next(pq.ParquetFile(path).iter_batches(batch_size=n))
+    except (pa.ArrowInvalid, StopIteration):
+        raise BadConfig(f"data.train_files: {path} is not a parquet file with rows") from None
     pq.write_table(pa.Table.from_batches([batch]), out)
     return out
 
@@ -377,6 +377,7 @@ def summary(rep: dict) -> str:
     )
 
 
+@entry_point
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
