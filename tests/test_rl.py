@@ -9,7 +9,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +30,7 @@ from search_r1.paths import CONFIG_DIR, REPO_ROOT  # noqa: E402
 from search_r1.retrieval.client import AsyncRetrieverClient  # noqa: E402
 from search_r1.rl.algos import compute_advantages, policy_loss_config  # noqa: E402
 from search_r1.rl.batch import collate, place_outcome_reward  # noqa: E402
+from search_r1.rl.checkpoint import CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
 from search_r1.rl.config import DataConfig, PPOConfig  # noqa: E402
 from search_r1.rl.learning import paired_gain, read_metrics  # noqa: E402
 from search_r1.rl.select import SelectConfig, select  # noqa: E402
@@ -206,12 +206,147 @@ def test_paired_gain_pairs_samples_with_their_questions() -> None:
 # ---- checkpoint / resume, faults ---------------------------------------------------------------------
 
 
+class InProcessRetriever:
+    """The index's searcher called directly, without the HTTP server. Through the server an answer
+    arrives from another thread at a time that depends on the machine, and which episodes share a
+    ``generate()`` batch (so which sampling noise each gets) depends on it; answered synchronously, the
+    batches and the samples are a function of the data and the seed, so two runs can be compared bit
+    for bit. ``die_after`` SIGKILLs the process at that call: a kill at an exact point mid-run."""
+
+    def __init__(self, index_dir: str, backend: str = "bm25", die_after: int = 0):
+        from search_r1.retrieval.config import ServerConfig
+        from search_r1.retrieval.searchers import load_retriever
+
+        self.searcher = load_retriever(ServerConfig(index_dir=index_dir, backend=backend, port=0))
+        self.die_after, self.calls = die_after, 0
+
+    async def retrieve(self, queries, topk=None):
+        from search_r1.data.corpus import Doc
+
+        self.calls += 1
+        if self.calls == self.die_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return [[Doc(h.id, h.contents) for h in hits] for hits in self.searcher.retrieve(queries, topk or 3)]
+
+
+# The trainer's own entry point (``--resume`` included) in a child process, with the in-process
+# retriever, single-threaded and with deterministic algorithms: one thread because the order of a
+# parallel reduction follows the thread count, so every process must use the same one (and the
+# machine's cores are shared); deterministic algorithms so an op that cannot repeat itself raises
+# instead of quietly making the runs differ. KILL_AFTER_STEP > 0 SIGKILLs the process right after it
+# logs that step.
+TRAIN_CHILD = """
+import contextlib, os, signal, sys
+import torch
+torch.set_num_threads(1)
+torch.use_deterministic_algorithms(True)
+sys.path.insert(0, {tests!r})
+import search_r1.rl.trainer as trainer
+from test_rl import InProcessRetriever
+
+trainer.open_retriever = lambda cfg, runner, given=None: contextlib.nullcontext(InProcessRetriever(cfg.index_dir))
+log = trainer.Logger.log
+
+def log_then_die(self, metrics):
+    log(self, metrics)
+    if metrics["step"] == {kill_after_step}:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+trainer.Logger.log = log_then_die
+trainer.main({argv!r})
+"""
+
+
+def run_child(code: str, **fmt) -> subprocess.CompletedProcess:
+    env = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    code = code.format(tests=str(Path(__file__).parent), **fmt)
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True
+    )
+
+
+def assert_same_state(a, b, where: str = "state") -> None:
+    """Nested checkpoint contents are equal, tensors bit for bit."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            assert_same_state(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same_state(x, y, f"{where}[{i}]")
+    elif isinstance(a, np.ndarray):
+        assert np.array_equal(a, b), where
+    else:
+        assert a == b, where
+
+
+def without_timing(metrics: list[dict]) -> list[dict]:
+    return [{k: v for k, v in m.items() if not k.startswith("timing_s/")} for m in metrics]
+
+
+class _TwoLayers(torch.nn.Module):
+    """A trainable layer and a frozen one (as a LoRA adapter over its base), optionally a third."""
+
+    def __init__(self, extra: bool = False, freeze: str = "frozen"):
+        super().__init__()
+        self.trained, self.frozen = torch.nn.Linear(3, 3), torch.nn.Linear(3, 3)
+        self.extra = torch.nn.Linear(3, 1) if extra else None
+        getattr(self, freeze).requires_grad_(False)
+
+    def optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW([q for q in self.parameters() if q.requires_grad], lr=0.1)
+
+
+def test_checkpoint_restores_exactly_and_refuses_what_does_not_fit(tmp_path) -> None:
+    torch.manual_seed(0)
+    model, critic = _TwoLayers(), _TwoLayers()
+    opt, critic_opt = model.optimizer(), critic.optimizer()
+    model.trained(torch.randn(2, 3)).sum().backward()
+    opt.step()
+    path = save_checkpoint(tmp_path, 7, model, None, opt, None)
+    assert set(torch.load(path / "state.pt", weights_only=False)["actor"]) == {
+        "trained.weight",
+        "trained.bias",
+    }
+
+    fresh = _TwoLayers()
+    fresh_opt = fresh.optimizer()
+    assert load_checkpoint(path, fresh, None, fresh_opt, None) == 7
+    assert_same_state(fresh.trained.state_dict(), model.trained.state_dict())
+    assert_same_state(fresh_opt.state_dict(), opt.state_dict())
+
+    bigger = _TwoLayers(extra=True)
+    with pytest.raises(
+        CheckpointError, match=r"2 trainable tensors missing \['extra.bias', 'extra.weight'\]"
+    ):
+        load_checkpoint(path, bigger, None, bigger.optimizer(), None)
+    other = _TwoLayers(freeze="trained")
+    with pytest.raises(CheckpointError, match=r"2 unexpected \['trained.bias', 'trained.weight'\]"):
+        load_checkpoint(path, other, None, other.optimizer(), None)
+    with pytest.raises(CheckpointError, match="holds no critic, but this run has one"):
+        load_checkpoint(path, _TwoLayers(), critic, _TwoLayers().optimizer(), critic_opt)
+    with_critic = save_checkpoint(tmp_path, 8, model, critic, opt, critic_opt)
+    with pytest.raises(CheckpointError, match="holds a critic, but this run has none"):
+        load_checkpoint(with_critic, fresh, None, fresh_opt, None)
+
+
 @pytest.mark.slow
-def test_resume_after_kill_matches_uninterrupted_run(base_model, bm25_index, tmp_path) -> None:
-    common = [
-        f"actor_rollout_ref.model.path={base_model}",
+def test_resume_after_kill_matches_uninterrupted_run(sft_start, bm25_index, tmp_path) -> None:
+    """PPO with a critic (GAE) from the SFT model (it searches, and some of its answers are right, so
+    rewards differ between samples), 4 steps, checkpoints at 2 and 4. One run goes through; another is
+    SIGKILLed right after logging step 3 (done, not saved) and resumed with ``--resume`` from step 2.
+    The resumed run's metrics (per-sample rewards, losses, KL, grad norms: everything but wall-clock
+    times) and its final checkpoint (actor and critic weights, both AdamW states, RNG states) equal
+    the uninterrupted run's bit for bit: CPU arithmetic repeats itself exactly given the same thread
+    count and batches, so no tolerance is needed, and any difference is something resume lost."""
+    argv = [
+        "--config",
+        str(PRESET),
+        f"actor_rollout_ref.model.path={sft_start}",
         f"retriever.index_dir={bm25_index}",
-        "retriever.backend=bm25",
         "data.train_batch_size=2",
         "actor_rollout_ref.rollout.n=2",
         "actor_rollout_ref.actor.ppo_mini_batch_size=1",
@@ -219,32 +354,83 @@ def test_resume_after_kill_matches_uninterrupted_run(base_model, bm25_index, tmp
         "trainer.save_freq=2",
         "trainer.save_merged=false",
     ]
-    whole = train(load_config(PPOConfig, PRESET, [*common, f"trainer.default_local_dir={tmp_path / 'a'}"]))
+    whole = run_child(
+        TRAIN_CHILD, argv=[*argv, f"trainer.default_local_dir={tmp_path / 'a'}"], kill_after_step=0
+    )
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    run_a, run_b = tmp_path / "a" / "tiny_ppo", tmp_path / "b" / "tiny_ppo"
 
-    cmd = [
-        sys.executable,
-        "-m",
-        "search_r1.rl.trainer",
-        "--config",
-        str(PRESET),
-        *common,
-        f"trainer.default_local_dir={tmp_path / 'b'}",
-    ]
-    run_b = tmp_path / "b" / "tiny_ppo"
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while not (run_b / "metrics.jsonl").exists() or len(read_metrics(run_b)) < 3:  # step 3 logged, not saved
-        assert proc.poll() is None and time.monotonic() < deadline, "trainer ended before it could be killed"
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert (run_b / "global_step_2").exists() and not (run_b / "global_step_4").exists()
-    subprocess.run([*cmd, "--resume"], cwd=REPO_ROOT, check=True, capture_output=True)
+    b_argv = [*argv, f"trainer.default_local_dir={tmp_path / 'b'}"]
+    killed = run_child(TRAIN_CHILD, argv=b_argv, kill_after_step=3)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert [m["step"] for m in read_metrics(run_b)] == [1, 2, 3]
+    assert sorted(p.name for p in run_b.glob("global_step_*")) == ["global_step_2"]
+    resumed = run_child(TRAIN_CHILD, argv=[*b_argv, "--resume"], kill_after_step=0)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from {run_b / 'global_step_2'} (step 2)" in resumed.stdout
 
-    a, b = read_metrics(whole), read_metrics(run_b)
+    a, b = read_metrics(run_a), read_metrics(run_b)
     assert [m["step"] for m in b] == [1, 2, 3, 4] == [m["step"] for m in a]
-    assert [m["data/uids"] for m in b] == [m["data/uids"] for m in a]
-    assert (run_b / "global_step_4" / "state.pt").exists()
+    assert len({json.dumps(m["reward/samples"]) for m in a}) > 1  # rewards vary: a real comparison
+    assert all(m["rollout/searches_per_question"] > 0 for m in a)
+    assert without_timing(b) == without_timing(a)
+    state_a, state_b = (
+        torch.load(r / "global_step_4" / "state.pt", weights_only=False) for r in (run_a, run_b)
+    )
+    assert state_a["critic"] is not None and state_a["actor_opt"]["state"]  # all parts are there to compare
+    assert_same_state(state_a, state_b)
+    # and the weights did move in steps 3-4, so equal final weights are not just the step-2 ones
+    at_2 = torch.load(run_a / "global_step_2" / "state.pt", weights_only=False)
+    assert any(not torch.equal(at_2["actor"][k], v) for k, v in state_a["actor"].items())
+
+
+SELECT_CHILD = """
+import sys
+import torch
+torch.set_num_threads(1)
+torch.use_deterministic_algorithms(True)
+sys.path.insert(0, {tests!r})
+from test_rl import InProcessRetriever
+from search_r1.rl.select import SelectConfig, select
+
+cfg = SelectConfig(**{cfg!r})
+cfg.retriever.index_dir = {index!r}
+select(cfg, InProcessRetriever({index!r}, "dense", die_after={die_after}))
+"""
+
+
+@pytest.mark.slow
+def test_select_killed_and_rerun_writes_what_an_uninterrupted_run_writes(
+    sft_start, unseen_world, tmp_path
+) -> None:
+    """The pass-rate pre-pass keeps nothing between runs: killed mid-rollout (at its 20th search) it
+    leaves no output, and the rerun writes the same parquet, byte for byte, and the same report as a
+    run that was never killed."""
+    train_files, index = unseen_world
+    fields = {"model": str(sft_start), "train_files": str(train_files), "max_questions": 12, "n": 4}
+    whole = run_child(
+        SELECT_CHILD,
+        cfg=fields | {"out": str(tmp_path / "a" / "kept.parquet")},
+        index=str(index),
+        die_after=0,
+    )
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    out = tmp_path / "b" / "kept.parquet"
+    killed = run_child(SELECT_CHILD, cfg=fields | {"out": str(out)}, index=str(index), die_after=20)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert not out.exists() and not out.with_suffix(".pass_rates.json").exists()
+    rerun = run_child(SELECT_CHILD, cfg=fields | {"out": str(out)}, index=str(index), die_after=0)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+
+    ref = tmp_path / "a" / "kept.parquet"
+    assert out.read_bytes() == ref.read_bytes()
+    reports = [json.loads(p.with_suffix(".pass_rates.json").read_text()) for p in (ref, out)]
+    for r in reports:
+        r["config"].pop("out")
+    assert reports[0] == reports[1]
+    rates = reports[0]["pass_rates"]
+    assert len(rates) == 12 and 0 < reports[0]["selected"] < 12  # some kept, some not: a real selection
+    assert sorted(p.name for p in out.parent.iterdir()) == ["kept.parquet", "kept.pass_rates.json"]
 
 
 class FlakyRetriever:

@@ -33,7 +33,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from search_r1.agent.engines.base import SamplingParams
 from search_r1.agent.engines.hf import HFEngine
 from search_r1.agent.protocol import ProtocolConfig
-from search_r1.agent.rollout import rollout
+from search_r1.agent.rollout import Retriever, rollout
 from search_r1.config import die, entry_point, parse_config, to_dict
 from search_r1.data.schema import read_parquet, uid_of
 from search_r1.eval.faults import REFUSED_EXIT
@@ -62,9 +62,10 @@ class SelectConfig:
     retriever: RetrieverConfig = field(default_factory=RetrieverConfig)
 
 
-def pass_rates(cfg: SelectConfig) -> tuple[dict[str, float], list[str]]:
+def pass_rates(cfg: SelectConfig, retriever: Retriever | None = None) -> tuple[dict[str, float], list[str]]:
     """Exact-match rate of ``cfg.n`` samples of each of ``max_questions`` questions, and the questions
-    left unrated because one of their samples had a failed search."""
+    left unrated because one of their samples had a failed search. ``retriever`` replaces the one
+    ``cfg.retriever`` opens (tests, as the trainer's ``train``)."""
     tokenizer = AutoTokenizer.from_pretrained(cfg.model)
     model = AutoModelForCausalLM.from_pretrained(cfg.model).eval()
     rows = train_rows(
@@ -74,7 +75,7 @@ def pass_rates(cfg: SelectConfig) -> tuple[dict[str, float], list[str]]:
     sampling = SamplingParams(temperature=cfg.temperature)
     with (
         asyncio.Runner() as runner,
-        open_retriever(cfg.retriever, runner) as retriever,
+        open_retriever(cfg.retriever, runner, retriever) as retr,
         tqdm(total=len(rows) * cfg.n, desc="pass rates", unit="sample") as bar,
     ):
         torch.manual_seed(cfg.seed)
@@ -82,7 +83,7 @@ def pass_rates(cfg: SelectConfig) -> tuple[dict[str, float], list[str]]:
             rollout(
                 HFEngine(model, tokenizer),
                 tokenizer,
-                retriever,
+                retr,
                 prompt_ids(tokenizer, rows),
                 ProtocolConfig.from_yaml(cfg.protocol),
                 sampling,
@@ -99,17 +100,22 @@ def pass_rates(cfg: SelectConfig) -> tuple[dict[str, float], list[str]]:
     return rates, [u for u in uids if u in unrated]
 
 
-def select(cfg: SelectConfig) -> Path:
-    """Write the rows of ``train_files`` whose pass rate is in (min_pass, max_pass) to ``cfg.out``."""
+def select(cfg: SelectConfig, retriever: Retriever | None = None) -> Path:
+    """Write the rows of ``train_files`` whose pass rate is in (min_pass, max_pass) to ``cfg.out``.
+
+    Nothing is kept between runs: a killed pass is rerun from the start, and its sampling is a function
+    of ``seed``, so the rerun writes what an uninterrupted run would. Both files are written to a
+    temporary name and renamed, the report first (an older parquet removed before it): a kill never
+    leaves a partial parquet, and a parquet always has its own report beside it.
+    """
     if not cfg.model or not cfg.out:
         raise ValueError("select needs model= and out=")
-    rates, unclassified = pass_rates(cfg)
+    rates, unclassified = pass_rates(cfg, retriever)
     keep = {uid for uid, p in rates.items() if cfg.min_pass < p < cfg.max_pass}
     table = pq.read_table(cfg.train_files)
     rows = read_parquet(cfg.train_files)
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table.take([i for i, r in enumerate(rows) if uid_of(r) in keep]), out)
     report = {
         "config": to_dict(cfg),
         "selected": len(keep),
@@ -117,7 +123,12 @@ def select(cfg: SelectConfig) -> Path:
         "unclassified_uids": unclassified,
         "pass_rates": rates,
     }
-    out.with_suffix(".pass_rates.json").write_text(json.dumps(report, indent=1))
+    report_path, tmp = out.with_suffix(".pass_rates.json"), out.with_name(f".{out.name}.tmp")
+    out.unlink(missing_ok=True)  # an older parquet must not stand beside the new report
+    tmp.write_text(json.dumps(report, indent=1))
+    tmp.replace(report_path)
+    pq.write_table(table.take([i for i, r in enumerate(rows) if uid_of(r) in keep]), tmp)
+    tmp.replace(out)
     never, always = sum(p == 0 for p in rates.values()), sum(p == 1 for p in rates.values())
     print(
         f"[select] {len(rates)} rated questions × {cfg.n} samples: {never} never solved, {always} always, "
