@@ -44,7 +44,7 @@ def test_ensure_copies_the_shipped_build_only_when_keys_match(world, tmp_path):
 
 
 @pytest.mark.slow
-def test_build_runs_all_three_phases_in_miniature(world, tmp_path):
+def test_build_runs_all_three_phases_in_miniature(world, tmp_path, capsys):
     cfg = replace(
         committed_config(world, tmp_path / "mini"),
         hidden_size=32,
@@ -66,10 +66,12 @@ def test_build_runs_all_three_phases_in_miniature(world, tmp_path):
     )
     out = build_tiny_model(cfg)
     info = json.loads((out / "build_info.json").read_text())
-    assert (
-        is_cached(cfg)
-        and info["key"] != json.loads((SHIPPED_TINY_MODEL / "build_info.json").read_text())["key"]
-    )
+    assert info["key"] == cache_key(cfg, world) and is_cached(cfg)  # the build is keyed by its own recipe
+    weights = (out / "model.safetensors").stat().st_mtime_ns
+    capsys.readouterr()
+    assert build_tiny_model(cfg) == out and f"[tiny-model] cached: {out}" in capsys.readouterr().out
+    assert (out / "model.safetensors").stat().st_mtime_ns == weights  # not rebuilt
+    assert not is_cached(replace(cfg, lr=1e-3)) and is_cached(replace(cfg, threads=1))  # recipe, not threads
     assert len(info["losses"]) == 24 and info["loss_last_20"] < info["loss_first_20"]
     assert info["data_epoch"]["reading_drill"] == 40 and set(info["probe"]["counts"]) == {
         "known",
