@@ -13,9 +13,63 @@ from pathlib import Path
 import pytest
 
 from search_r1.config import load_config
-from search_r1.experiment import ExperimentConfig, run_experiment
+from search_r1.experiment import ExperimentConfig, plan, run_experiment
+from search_r1.experiment.stages import Stage, marker
 from search_r1.experiment_report import GROUPS
 from search_r1.paths import CONFIG_DIR, REPO_ROOT
+
+
+def _mtimes(root: Path, stages: list) -> dict[str, int]:
+    """Modification times of every done stage's marker and outputs (each file under an output folder)."""
+    paths = [marker(root, s) for s in stages if not s.always]
+    for stage in (s for s in stages if not s.always):
+        for out in map(Path, stage.outputs):
+            out = out if out.is_absolute() else REPO_ROOT / out
+            paths += sorted(out.rglob("*")) if out.is_dir() else [out]
+    return {str(p): p.stat().st_mtime_ns for p in paths if p.is_file()}
+
+
+def test_a_second_call_skips_done_stages_and_reruns_only_what_is_missing(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    """The runner's resume logic on stand-in stages (seconds, not the 4 minutes of the miniature run):
+    each stage appends a line to its output, so the files count how often each one ran."""
+    from search_r1.experiment import run
+
+    outs = {name: tmp_path / f"{name}.txt" for name in ("data", "train", "eval", "cached_build")}
+    stages = [
+        Stage(name, ["sh", "-c", f"echo ran >> {out}"], outputs=[str(out)], always=name == "cached_build")
+        for name, out in outs.items()
+    ]
+    monkeypatch.setattr(run, "plan", lambda cfg: stages)
+    monkeypatch.setattr(run, "services", lambda cfg: {})
+    monkeypatch.setattr(run, "summarize", lambda results: {})
+    monkeypatch.setattr(run, "write_report", lambda *args, **kwargs: None)
+    cfg = load_config(
+        ExperimentConfig, CONFIG_DIR / "experiment" / "tiny.yaml", [f"out_dir={tmp_path / 'run'}"]
+    )
+
+    def runs() -> dict[str, int]:
+        return {name: len(out.read_text().splitlines()) for name, out in outs.items()}
+
+    assert not run.run_experiment(cfg)["resumed"]
+    assert runs() == {"data": 1, "train": 1, "eval": 1, "cached_build": 1}
+    written = _mtimes(cfg.root, stages)
+    capsys.readouterr()
+    assert run.run_experiment(cfg)["resumed"]
+    printed = capsys.readouterr().out
+    assert runs() == {"data": 1, "train": 1, "eval": 1, "cached_build": 2}  # only the cached build ran
+    assert _mtimes(cfg.root, stages) == written
+    for name in ("data", "train", "eval"):
+        assert f"[experiment] skip {name}: done\n" in printed and f"[experiment] {name}: " not in printed
+    assert "[experiment] cached_build: " in printed and "skip cached_build" not in printed
+
+    outs["train"].unlink()  # a done stage whose output went: it runs again, the others stay skipped
+    run.run_experiment(cfg)
+    assert runs() == {"data": 1, "train": 1, "eval": 1, "cached_build": 3}
+    cfg.resume = False  # resume=false: everything runs again
+    run.run_experiment(cfg)
+    assert runs() == {"data": 2, "train": 2, "eval": 2, "cached_build": 4}
 
 
 @pytest.mark.slow
@@ -54,12 +108,20 @@ def test_runner_in_miniature_produces_all_four_groups_and_the_table(tiny_model, 
     # the SFT set holds the world's trajectories and those of the practice world
     report = json.loads((tmp_path / "seed0" / "sft" / "filter_report.json").read_text())
     assert set(report["sources"]) == {"world", "p1"}
-    # resume: a second call re-runs nothing, gives the same table, and says its time is partial
+    # resume: a second call re-runs nothing (each stage says it skipped, no stage starts, no output or
+    # marker is rewritten), gives the same table, and says its time is partial
     assert not summary["resumed"]
+    stages = plan(cfg)
+    written = _mtimes(cfg.root, stages)
+    assert len(written) > 2 * sum(not s.always for s in stages)  # every marker and output was stat'ed
     capsys.readouterr()
     again = run_experiment(cfg)
     printed = capsys.readouterr().out
-    assert printed.count(": done\n") == 8 and "train_sft.sh" not in printed and "train_ppo.sh" not in printed
+    for stage in stages:
+        assert (f"[experiment] skip {stage.name}: done\n" in printed) != stage.always, stage.name
+        assert (f"[experiment] {stage.name}: " in printed) == stage.always, stage.name  # its start line
+    assert "train_sft.sh" not in printed and "train_ppo.sh" not in printed
+    assert _mtimes(cfg.root, stages) == written
     assert {g: r["em"]["mean"] for g, r in again["groups"].items()} == {
         g: r["em"]["mean"] for g, r in summary["groups"].items()
     }
@@ -101,7 +163,6 @@ def test_rehearsal_of_the_paper_plan_runs_every_stage_for_real(tiny_model, tmp_p
     """configs/experiment/rehearsal.yaml in miniature: the paper plan's stages on CPU stand-ins,
     killed mid-way once and resumed."""
     from search_r1.data.schema import read_parquet
-    from search_r1.experiment import plan
 
     overrides = [
         f"out_dir={tmp_path}",
