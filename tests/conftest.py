@@ -1,7 +1,8 @@
 """Shared fixtures: the embedded world and the tiny base model, built once and cached on disk.
 
 They live under ``outputs/`` (or ``$SEARCH_R1_HOME``) so a second test run reuses them; the build is
-keyed by config, so a changed config rebuilds.
+keyed by config, so a changed config rebuilds. ``scripts/test.sh`` builds them, and the other cached
+fixtures the tests share, before pytest (``python -m search_r1.world fixtures``).
 """
 
 from __future__ import annotations
