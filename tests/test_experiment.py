@@ -113,7 +113,7 @@ def test_runner_in_miniature_produces_all_four_groups_and_the_table(tiny_model, 
     assert not summary["resumed"]
     stages = plan(cfg)
     written = _mtimes(cfg.root, stages)
-    assert len(written) > 2 * sum(not s.always for s in stages)  # every marker and output was stat'ed
+    assert len(written) >= 2 * sum(not s.always for s in stages)  # a marker and an output at least, each
     capsys.readouterr()
     again = run_experiment(cfg)
     printed = capsys.readouterr().out
