@@ -17,12 +17,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 from agent_fixtures import toy_model, toy_tokenizer  # noqa: E402
 
 from search_r1.agent.protocol import ProtocolConfig  # noqa: E402
+from search_r1.agent.trajectory import Trajectory  # noqa: E402
 from search_r1.config import load_config  # noqa: E402
 from search_r1.data.schema import read_parquet  # noqa: E402
 from search_r1.eval.compare import main as compare_main  # noqa: E402
 from search_r1.eval.run import EvalConfig, evaluate  # noqa: E402
 from search_r1.paths import CONFIG_DIR, REPO_ROOT  # noqa: E402
-from search_r1.rewards.metrics import exact_match  # noqa: E402
+from search_r1.rewards.metrics import cover_exact_match, exact_match  # noqa: E402
 
 N = 7  # not a multiple of the batch size: the tail must be evaluated too
 
@@ -84,9 +85,28 @@ def _check_outputs(out: Path, n: int, mode: str) -> dict:
         assert 0.0 <= results["metrics"]["overall"][k] <= 1.0 and k in results["metrics"]["definitions"]
     report = (out / "report.md").read_text()
     assert "| **overall** |" in report and "How each metric is computed" in report
-    for png in ("em_by_searches.png", "search_counts.png"):
+    pngs = ["em_by_searches.png", "search_counts.png"] + (["answer_seen.png"] if mode != "direct" else [])
+    for png in pngs:
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    diagnostics = results["metrics"]["overall"]["diagnostics"]
+    assert (diagnostics is None) == (mode == "direct") and ("Was the answer retrieved?" in report)
+    if diagnostics is not None:  # each question's answer_seen is recomputed from what it read
+        for p in preds:
+            traj = Trajectory.from_dict(p["trajectory"])
+            texts = [t.observation for t in traj.turns if t.action == "search" and not t.retrieval_failed]
+            if mode == "rag":  # the passages sit between the instruction line and the question
+                prompt = tok_decode(out, p["trajectory"]["prompt_ids"])
+                texts.append(prompt[prompt.index("Doc 1(Title:") : prompt.rindex("\nQuestion:")])
+            assert p["answer_seen"] == any(cover_exact_match(t, p["golds"]) for t in texts)
+        seen = [p for p in preds if p["answer_seen"]]
+        assert diagnostics["answer_seen"] == len(seen) / n
     return results
+
+
+def tok_decode(out: Path, ids: list[int]) -> str:
+    """The prompt's text: a rag prompt holds its passages, so a gold in them was seen."""
+    results = json.loads((out / "results.json").read_text())
+    return AutoTokenizer.from_pretrained(results["config"]["engine"]["model"]).decode(ids)
 
 
 def test_eval_sh_in_miniature(world, toy_model_dir, retriever_url, tmp_path) -> None:
@@ -191,3 +211,105 @@ def test_lora_adapter_is_merged_at_load(toy_model_dir, tmp_path) -> None:
     with torch.no_grad():
         assert torch.allclose(engine.model(x).logits, expected, atol=1e-4)
         assert not torch.allclose(plain.model(x).logits, expected, atol=1e-3)
+
+
+SFT_MODEL = REPO_ROOT / "data" / "models" / "tiny-sft"  # the shipped SFT model: it searches
+NO_SERVER = "http://127.0.0.1:9"  # nothing listens there: a replay must not need a server
+
+
+def _sft_cfg(world, out: Path, url: str, *extra: str) -> EvalConfig:
+    overrides = [
+        f"data=[{world.test}]",
+        f"engine.model={SFT_MODEL}",
+        "engine.device=cpu",
+        "max_examples=12",
+        f"retriever_url={url}",
+        f"out_dir={out}",
+        *extra,
+    ]
+    return load_config(EvalConfig, CONFIG_DIR / "eval" / "default.yaml", overrides)
+
+
+def _outcome(out: Path) -> tuple[dict, list[tuple]]:
+    """What an evaluation decided: its metrics and each question's prediction, response and scores."""
+    results = json.loads((out / "results.json").read_text())
+    preds = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    return results["metrics"], [(p["uid"], p["prediction"], p["response"], p["metrics"]) for p in preds]
+
+
+@pytest.fixture(scope="module")
+def recorded(world, retriever_url, tmp_path_factory) -> Path:
+    """An evaluation against the live server: its folder holds the retrieval log."""
+    out = asyncio.run(evaluate(_sft_cfg(world, tmp_path_factory.mktemp("recorded") / "out", retriever_url)))
+    assert json.loads((out / "results.json").read_text())["metrics"]["overall"]["searches"] > 0
+    return out
+
+
+def test_replay_reproduces_the_run_without_a_server(world, recorded, tmp_path, free_port) -> None:
+    log = recorded / "retrieval_log.jsonl"
+    logged = [json.loads(line) for line in log.read_text().splitlines()]
+    preds = [json.loads(line) for line in (recorded / "predictions.jsonl").read_text().splitlines()]
+    searched = [t["query"] for p in preds for t in p["trajectory"]["turns"] if t["action"] == "search"]
+    assert sorted(q["query"] for q in logged) == sorted(searched)  # every query sent, once each
+    assert all(len(q["docs"]) == q["topk"] and q["docs"][0]["score"] is not None for q in logged)
+    dead = f"http://127.0.0.1:{free_port}"  # nothing listens there: the replay must not need it
+    out = asyncio.run(evaluate(_sft_cfg(world, tmp_path / "replay", dead, f"replay={log}")))
+    assert _outcome(out) == _outcome(recorded)
+    assert json.loads((out / "results.json").read_text())["replay"] == {"log": str(log), "misses": 0}
+
+
+def test_replay_miss_is_an_error_or_a_counted_failure(world, recorded, tmp_path, free_port, capsys) -> None:
+    from search_r1.eval.run import main as run_main
+
+    logged = (recorded / "retrieval_log.jsonl").read_text().splitlines()
+    queries = [json.loads(line)["query"] for line in logged]
+    missing = next(q for q in queries if queries.count(q) == 1)
+    short = tmp_path / "short.jsonl"
+    short.write_text("".join(f"{line}\n" for line, q in zip(logged, queries, strict=True) if q != missing))
+    args = [f"data=[{world.test}]", f"engine.model={SFT_MODEL}", "engine.device=cpu", "max_examples=12"]
+    args += [f"retriever_url=http://127.0.0.1:{free_port}", f"replay={short}"]
+    with pytest.raises(SystemExit) as exc:
+        run_main([*args, f"out_dir={tmp_path / 'error'}"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "not in the retrieval log" in err and repr(missing) in err
+    out = asyncio.run(
+        evaluate(
+            _sft_cfg(
+                world,
+                tmp_path / "count",
+                NO_SERVER,
+                f"replay={short}",
+                "replay_miss=count",
+                "max_failed_share=1",
+            )
+        )
+    )
+    results = json.loads((out / "results.json").read_text())
+    misses = results["replay"]["misses"]
+    assert misses >= 1 and results["metrics"]["overall"]["searches_failed"] == misses
+
+
+def test_eval_resumes_from_its_partial_predictions(world, recorded, tmp_path) -> None:
+    """A run cut short (its partial record and a half-written line) finishes only the missing questions."""
+    log = recorded / "retrieval_log.jsonl"
+    out = tmp_path / "resumed"
+    cfg = _sft_cfg(world, out, NO_SERVER, f"replay={log}")
+    lines = (recorded / "predictions.jsonl").read_text().splitlines()
+    out.mkdir()
+    from search_r1.config import to_dict
+    from search_r1.eval.resume import PARTIAL_NAME, RUN_NAME, deciding
+
+    name = json.loads((recorded / "results.json").read_text())["name"]
+    (out / RUN_NAME).write_text(json.dumps({"name": name, "config": deciding(to_dict(cfg))}))
+    (out / PARTIAL_NAME).write_text("\n".join(lines[:5]) + "\n" + lines[5][: len(lines[5]) // 2])
+    asyncio.run(evaluate(cfg))
+    results = json.loads((out / "results.json").read_text())
+    assert results["resumed_questions"] == 5 and results["rollout"]["n"] == 12 and results["name"] == name
+    assert _outcome(out) == _outcome(recorded)
+    assert not (out / PARTIAL_NAME).exists()
+    changed = _sft_cfg(world, out, NO_SERVER, f"replay={log}", "agent.topk=2")
+    (out / PARTIAL_NAME).write_text(lines[0] + "\n")
+    from search_r1.eval.resume import ResumeConflict
+
+    with pytest.raises(ResumeConflict, match="differs in: agent"):
+        asyncio.run(evaluate(changed))

@@ -155,8 +155,8 @@ def predictions(out: Path) -> dict[str, tuple]:
 
 
 @pytest.fixture(scope="module")
-def reference_eval(world, bm25_index, tmp_path_factory) -> dict[str, tuple]:
-    """An uninterrupted evaluation: what every recovered run must reproduce."""
+def reference_eval(world, bm25_index, tmp_path_factory) -> tuple[dict[str, tuple], dict]:
+    """An uninterrupted evaluation's predictions and metrics: what every recovered run must reproduce."""
     tmp = tmp_path_factory.mktemp("eval_ref")
     srv = Server(bm25_index, _port(), tmp / "retriever.log").start()
     try:
@@ -167,7 +167,11 @@ def reference_eval(world, bm25_index, tmp_path_factory) -> dict[str, tuple]:
     overall = json.loads((tmp / "out" / "results.json").read_text())["metrics"]["overall"]
     assert overall["searches"] > 0 and overall["searches_failed"] == 0
     assert overall["searches_failed_share"] == 0.0 and "FAILED" not in text
-    return predictions(tmp / "out")
+    return predictions(tmp / "out"), eval_metrics(tmp / "out")
+
+
+def eval_metrics(out: Path) -> dict:
+    return json.loads((out / "results.json").read_text())["metrics"]
 
 
 def _port() -> int:
@@ -215,7 +219,7 @@ def test_eval_retries_once_the_retriever_is_back(world, server, reference_eval, 
     assert progress(log, "retry 1") > 0
     overall = json.loads((out / "results.json").read_text())["metrics"]["overall"]
     assert overall["searches_failed"] == 0 and not (out / "refused.json").exists()
-    assert predictions(out) == reference_eval
+    assert (predictions(out), eval_metrics(out)) == reference_eval
 
 
 @pytest.mark.slow
@@ -228,9 +232,13 @@ def test_eval_killed_midway_reruns_to_the_uninterrupted_result(
     proc.kill()
     proc.wait()
     assert not (out / "results.json").exists()  # nothing half-written to mistake for a result
-    rc, text = finish(stage(eval_args(world, out, server.url), log), log)
+    rerun_log = tmp_path / "rerun.log"
+    rc, text = finish(stage(eval_args(world, out, server.url), rerun_log), rerun_log)
     assert rc == 0, text[-3000:]
-    assert predictions(out) == reference_eval
+    resumed = json.loads((out / "results.json").read_text())["resumed_questions"]
+    assert resumed >= 10 and f"{resumed} of {EVAL_N} questions already evaluated" in text
+    assert progress(rerun_log, "eval search") == EVAL_N - resumed  # only the missing ones ran
+    assert (predictions(out), eval_metrics(out)) == reference_eval
 
 
 # ---- post-SFT check (train_sft.sh) ----------------------------------------------------------------

@@ -40,8 +40,11 @@ from search_r1.agent.rollout import RolloutStats, rollout
 from search_r1.agent.trajectory import Trajectory
 from search_r1.config import entry_point, to_dict
 from search_r1.data.schema import read_parquet, uid_of
+from search_r1.eval.diagnostics import answer_seen, evidence_hits, seen_texts
 from search_r1.eval.faults import REFUSED_EXIT, Refused, failed_note, refusal
+from search_r1.eval.replay import LOG_NAME, RecordingRetriever, ReplayMissError, ReplayRetriever
 from search_r1.eval.report import aggregate, write_outputs
+from search_r1.eval.resume import PartialPredictions, ResumeConflict
 from search_r1.paths import MODELS_DIR, REPO_ROOT, RUNS_DIR, WORLD_DIR
 from search_r1.rewards.score import compute_score, golds_of
 
@@ -114,6 +117,17 @@ class EvalConfig:
             "help": "refuse to publish (refused.json, exit 3) when failed / all searches is above this"
         },
     )
+    replay: str = field(
+        default="",
+        metadata={
+            "help": "a retrieval_log.jsonl of an earlier eval: answer searches from it, no server ('' = "
+            "use the retriever at retriever_url and record every query to <out_dir>/retrieval_log.jsonl)"
+        },
+    )
+    replay_miss: str = field(
+        default="error",
+        metadata={"help": "a query not in the replayed log: error (stop) | count (a failed search, counted)"},
+    )
 
 
 def git_commit() -> str:
@@ -151,12 +165,14 @@ def chat_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
 
 async def build_prompts(
     cfg: EvalConfig, rows: list[dict[str, Any]], tokenizer: Any, retriever: Any
-) -> list[list[int]]:
+) -> tuple[list[list[int]], list[tuple[list[str], list[str]]]]:
+    """Prompt ids per row, and per row the ids and text of what ``rag`` put in the prompt."""
+    no_context: list[tuple[list[str], list[str]]] = [([], [])] * len(rows)
     if cfg.mode == "search":
-        return [chat_ids(tokenizer, r["prompt"]) for r in rows]
+        return [chat_ids(tokenizer, r["prompt"]) for r in rows], no_context
     questions = [r["extra_info"]["question"] for r in rows]
     if cfg.mode == "direct":
-        return [chat_ids(tokenizer, render_prompt(q, cfg.direct_template)) for q in questions]
+        return [chat_ids(tokenizer, render_prompt(q, cfg.direct_template)) for q in questions], no_context
     from search_r1.retrieval.client import RetrieverAuthError, RetrieverError
 
     results = []
@@ -170,14 +186,13 @@ async def build_prompts(
             f"refused: the rag retrieval failed ({exc}); the retriever at {cfg.retriever_url} was down "
             "— rerun when it is up"
         ) from None
-    return [
-        chat_ids(
-            tokenizer,
-            render_prompt(
-                q, "rag", information=format_docs(truncate_docs(d, tokenizer, cfg.agent.max_obs_tokens))
-            ),
-        )
-        for q, d in zip(questions, results, strict=True)
+    information = [format_docs(truncate_docs(d, tokenizer, cfg.agent.max_obs_tokens)) for d in results]
+    prompts = [
+        chat_ids(tokenizer, render_prompt(q, "rag", information=info))
+        for q, info in zip(questions, information, strict=True)
+    ]
+    return prompts, [
+        ([str(d.id) for d in docs], [info]) for docs, info in zip(results, information, strict=True)
     ]
 
 
@@ -202,50 +217,96 @@ def default_name(cfg: EvalConfig) -> str:
     return f"{model}-{cfg.mode}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+async def open_retriever(cfg: EvalConfig, out: Path, resuming: bool) -> Any:
+    """The replayed log, or the server (checked up) with every query recorded in ``out``."""
+    if cfg.replay:
+        return ReplayRetriever(cfg.replay, cfg.agent.topk, cfg.replay_miss)
+    from search_r1.retrieval.client import AsyncRetrieverClient, RetrieverError
+
+    client = AsyncRetrieverClient(
+        cfg.retriever_url, topk=cfg.agent.topk, timeout=cfg.retriever_timeout, token=cfg.retriever_token
+    )
+    try:
+        await client.health()
+    except RetrieverError as exc:
+        await client.aclose()
+        raise SystemExit(
+            f"error: no retriever at {cfg.retriever_url} ({exc}); start one with retrieval_launch.sh, "
+            "replay a retrieval log (replay=...) or use mode=direct"
+        ) from None
+    if not resuming:
+        (out / LOG_NAME).unlink(missing_ok=True)
+    return RecordingRetriever(client, out / LOG_NAME)
+
+
+def make_prediction(
+    row: dict[str, Any],
+    traj: Trajectory,
+    response: str,
+    score: dict[str, float],
+    mode: str,
+    rag_context: tuple[list[str], list[str]],
+) -> dict[str, Any]:
+    """One question's record in predictions.jsonl, with its answer-seen diagnostics."""
+    golds = golds_of(row["reward_model"]["ground_truth"])
+    rag_ids, rag_texts = rag_context
+    retrieved = {i for t in traj.turns for i in t.doc_ids} | set(rag_ids)
+    support = row["extra_info"].get("support")
+    return {
+        "uid": traj.uid,
+        "data_source": row["data_source"],
+        "question": row["extra_info"]["question"],
+        "golds": golds,
+        "prediction": traj.final_answer,
+        "metrics": score,
+        "num_searches": traj.num_searches,
+        "retrieval_failures": traj.num_retrieval_failures,
+        "finish_reason": traj.finish_reason,
+        "answer_seen": None if mode == "direct" else answer_seen(golds, seen_texts(traj, rag_texts)),
+        "evidence_hits": None if mode == "direct" or support is None else evidence_hits(support, retrieved),
+        "response": response,
+        "trajectory": traj.to_dict(),
+    }
+
+
 async def evaluate(cfg: EvalConfig) -> Path:
-    """Run one evaluation and write its outputs; returns the output folder."""
+    """Run one evaluation (or finish a killed one in the same ``out_dir``); returns the output folder."""
     if cfg.mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {cfg.mode!r}")
     name = cfg.name or default_name(cfg)
     out = Path(cfg.out_dir or RUNS_DIR / "eval" / name)
     rows = load_rows(cfg.data, cfg.max_examples)
+    config = to_dict(cfg)
+    partial = PartialPredictions(out, name, config)
+    name = partial.name
+    if partial.resuming:
+        print(
+            f"[eval] resuming {out}: {len(partial.done)} of {len(rows)} questions already evaluated",
+            flush=True,
+        )
     engine = make_engine(cfg.engine.name, **cfg.engine.kwargs())
     tokenizer = engine.tokenizer
-    retriever = None
-    if cfg.mode != "direct":
-        from search_r1.retrieval.client import AsyncRetrieverClient, RetrieverError
-
-        retriever = AsyncRetrieverClient(
-            cfg.retriever_url, topk=cfg.agent.topk, timeout=cfg.retriever_timeout, token=cfg.retriever_token
-        )
-        try:
-            await retriever.health()
-        except RetrieverError as exc:
-            raise SystemExit(
-                f"error: no retriever at {cfg.retriever_url} ({exc}); start one with retrieval_launch.sh "
-                "or use mode=direct"
-            ) from None
+    retriever = None if cfg.mode == "direct" else await open_retriever(cfg, out, partial.resuming)
     protocol = cfg.agent if cfg.mode == "search" else dataclasses.replace(cfg.agent, max_turns=0)
     sampling = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed)
-    prompts = await build_prompts(cfg, rows, tokenizer, retriever)
-
     uids = [uid_of(r) for r in rows]
-    scores: list[dict[str, float] | None] = [None] * len(rows)
-    trajectories: list[Trajectory | None] = [None] * len(rows)
+    todo = [i for i, uid in enumerate(uids) if uid not in partial.done]
+    predictions: dict[str, dict[str, Any]] = {u: partial.done[u] for u in uids if u in partial.done}
 
     async def run(idx: list[int], desc: str) -> float:
-        """Roll out the rows ``idx``, replacing earlier trajectories and scores; returns the wall time."""
+        """Roll out the rows ``idx``, replacing earlier predictions; returns the wall time."""
+        prompts, contexts = await build_prompts(cfg, [rows[i] for i in idx], tokenizer, retriever)
         bar = tqdm(total=len(idx), desc=desc, unit="q", dynamic_ncols=True)
 
         def on_done(j: int, traj: Trajectory) -> None:
-            i = idx[j]
+            row = rows[idx[j]]
             response = tokenizer.decode(traj.response_ids, skip_special_tokens=True)
-            scores[i] = compute_score(
-                rows[i]["data_source"], response, rows[i]["reward_model"]["ground_truth"]
+            score = compute_score(row["data_source"], response, row["reward_model"]["ground_truth"])
+            predictions[traj.uid] = make_prediction(row, traj, response, score, cfg.mode, contexts[j])
+            partial.add(predictions[traj.uid])
+            bar.set_postfix(
+                em=f"{sum(p['metrics']['em'] for p in predictions.values()) / len(predictions):.3f}"
             )
-            trajectories[i] = traj
-            done = [s for s in scores if s is not None]
-            bar.set_postfix(em=f"{sum(s['em'] for s in done) / len(done):.3f}")
             bar.update()
 
         try:
@@ -253,7 +314,7 @@ async def evaluate(cfg: EvalConfig) -> Path:
                 engine,
                 tokenizer,
                 retriever,
-                [prompts[i] for i in idx],
+                prompts,
                 protocol,
                 sampling,
                 [uids[i] for i in idx],
@@ -265,11 +326,11 @@ async def evaluate(cfg: EvalConfig) -> Path:
         return batch.stats.wall_s
 
     try:
-        wall_s = await run(list(range(len(rows))), f"eval {cfg.mode}")
+        wall_s = await run(todo, f"eval {cfg.mode}") if todo else 0.0
         # Greedy decoding is deterministic, so rerunning a question once the retriever is back gives
-        # the trajectory an uninterrupted run would have had.
-        for attempt in range(1, cfg.retry_rounds + 1):
-            failed = [i for i, t in enumerate(trajectories) if t is not None and t.num_retrieval_failures]
+        # the trajectory an uninterrupted run would have had. A replayed log does not come back.
+        for attempt in range(1, 0 if cfg.replay else cfg.retry_rounds + 1):
+            failed = [i for i, u in enumerate(uids) if predictions[u]["retrieval_failures"]]
             if not failed:
                 break
             print(
@@ -281,48 +342,37 @@ async def evaluate(cfg: EvalConfig) -> Path:
                 break
             wall_s += await run(failed, f"retry {attempt}")
     finally:
+        partial.close()
         if retriever is not None:
             await retriever.aclose()
-    assert all(t is not None for t in trajectories) and all(s is not None for s in scores), (
-        "an example was dropped"
-    )
+    missing = [u for u in uids if u not in predictions]
+    assert not missing, f"examples were dropped: {missing[:5]}"
 
-    predictions = []
-    for row, traj, score in zip(rows, trajectories, scores, strict=True):
-        predictions.append(
-            {
-                "uid": traj.uid,
-                "data_source": row["data_source"],
-                "question": row["extra_info"]["question"],
-                "golds": golds_of(row["reward_model"]["ground_truth"]),
-                "prediction": traj.final_answer,
-                "metrics": score,
-                "num_searches": traj.num_searches,
-                "retrieval_failures": traj.num_retrieval_failures,
-                "finish_reason": traj.finish_reason,
-                "response": tokenizer.decode(traj.response_ids, skip_special_tokens=True),
-                "trajectory": traj.to_dict(),
-            }
-        )
+    ordered = [predictions[u] for u in uids]
+    trajectories = [Trajectory.from_dict(p["trajectory"]) for p in ordered]
     results = {
         "name": name,
         "mode": cfg.mode,
-        "config": to_dict(cfg),
+        "config": config,
         "git_commit": git_commit(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "metrics": aggregate(predictions),
+        "metrics": aggregate(ordered),
         "rollout": RolloutStats.of(trajectories, wall_s).to_dict(),
+        "resumed_questions": len(partial.done),
     }
+    if isinstance(retriever, ReplayRetriever):
+        results["replay"] = {"log": cfg.replay, "misses": retriever.misses}
     overall = results["metrics"]["overall"]
-    searches = sum(p["num_searches"] for p in predictions)
-    reason = refusal(overall["searches_failed"], searches, cfg.max_failed_share, cfg.retriever_url)
-    if reason is not None:  # no results.json: a rerun of the stage redoes it
-        out.mkdir(parents=True, exist_ok=True)
+    searches = sum(p["num_searches"] for p in ordered)
+    where = f"replayed log {cfg.replay}" if cfg.replay else cfg.retriever_url
+    reason = refusal(overall["searches_failed"], searches, cfg.max_failed_share, where)
+    if reason is not None:  # no results.json: a rerun of the stage redoes the failed questions only
         (out / "refused.json").write_text(json.dumps(results | {"reason": reason}, indent=2) + "\n")
         raise Refused(reason)
-    write_outputs(out, results, predictions, cfg.samples_in_report)
+    write_outputs(out, results, ordered, cfg.samples_in_report)
+    partial.finish()
     if cfg.wandb:
-        _log_wandb(cfg, name, results, predictions)
+        _log_wandb(cfg, name, results, ordered)
     return out
 
 
@@ -367,6 +417,8 @@ def main(argv: list[str] | None = None) -> None:
         out = asyncio.run(evaluate(cfg))
     except RetrieverAuthError as exc:  # a configuration error: one line, not a traceback
         die(str(exc))
+    except (ResumeConflict, ReplayMissError) as exc:
+        die(str(exc), 2)
     except Refused as exc:
         print(f"[eval] {exc}", flush=True)
         raise SystemExit(REFUSED_EXIT) from None
