@@ -85,6 +85,8 @@ def test_runner_in_miniature_produces_all_four_groups_and_the_table(tiny_model, 
             "eval_overrides=[max_examples=12]",
         ],
     )
+    assert cfg.unseen_world_seed is not None and not cfg.publish  # the quickstart's own unseen world
+    published = {p: p.stat().st_mtime_ns for p in (REPO_ROOT / "docs" / "results").glob("*")}
     summary = run_experiment(cfg)
 
     assert set(summary["groups"]) == set(GROUPS)
@@ -92,6 +94,24 @@ def test_runner_in_miniature_produces_all_four_groups_and_the_table(tiny_model, 
         assert row["n_questions"] == 12, group
         for key in ("em", "f1", "rouge_l", "searches", "format_valid"):
             assert 0 <= row[key]["mean"] <= (10 if key == "searches" else 1), (group, key)
+    # every group was also scored on the unseen world, by its own retriever, and compared question by
+    # question; tracked files were left alone
+    (label, unseen), *more = summary["test_sets"].items()
+    assert not more and f"seed {cfg.unseen_world_seed}" in label
+    assert {g: r["n_questions"] for g, r in unseen["groups"].items()} == dict.fromkeys(GROUPS, 12)
+    for paired in (summary["paired"], unseen["paired"]):
+        assert set(paired) == {"sft_rl-sft", "rl-baseline", "sft-baseline"}
+        assert all(d["low"] <= d["mean"] <= d["high"] and d["n_questions"] == 12 for d in paired.values())
+    unseen_eval = json.loads((tmp_path / "seed0" / "eval" / "unseen" / "sft" / "results.json").read_text())
+    assert unseen_eval["config"]["data"] == [str(cfg.unseen_dir / "test.parquet")]
+    assert (
+        unseen_eval["config"]["retriever_url"]
+        != json.loads((tmp_path / "seed0" / "eval" / "sft" / "results.json").read_text())["config"][
+            "retriever_url"
+        ]
+    )
+    assert "paired EM difference" in (tmp_path / "results.md").read_text()
+    assert {p: p.stat().st_mtime_ns for p in (REPO_ROOT / "docs" / "results").glob("*")} == published
     for name in ("results.md", "results.json", "results.png"):
         assert (tmp_path / name).stat().st_size > 0
     table = (tmp_path / "results.md").read_text()

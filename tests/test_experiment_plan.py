@@ -12,6 +12,7 @@ from search_r1.paths import CONFIG_DIR, REPO_ROOT
 from sft.config import SFTConfig
 
 PAPER = CONFIG_DIR / "experiment" / "qwen2.5-3b-nq.yaml"
+TINY = CONFIG_DIR / "experiment" / "tiny.yaml"
 
 
 def _paper(tmp_path: Path, *overrides: str) -> ExperimentConfig:
@@ -103,7 +104,7 @@ def test_no_entry_script_forces_offline_hub_mode() -> None:
 
 
 def test_overrides_may_stand_before_and_after_config(tmp_path) -> None:
-    """``scripts/quickstart.sh --config X seeds=[0,1]`` runs ``experiment publish=true --config X seeds=[0,1]``."""
+    """``scripts/quickstart.sh publish=true --config X seeds=[0,1]``: overrides on both sides of --config."""
     from search_r1.config import parse_config
     from search_r1.experiment import ExperimentConfig
 
@@ -114,3 +115,37 @@ def test_overrides_may_stand_before_and_after_config(tmp_path) -> None:
         ["publish=true", "--config", str(PAPER), "seeds=[0,1]", f"out_dir={tmp_path}"],
     )
     assert cfg.publish and cfg.seeds == [0, 1] and cfg.preset == "qwen2.5-3b-nq" and cfg.root == tmp_path
+
+
+def test_tiny_plan_scores_every_group_on_the_unseen_world_with_its_own_retriever(tmp_path) -> None:
+    cfg = load_config(ExperimentConfig, TINY, [f"out_dir={tmp_path}", "seeds=[0,1]"])
+    stages = {s.name: s for s in plan(cfg)}
+    unseen = cfg.unseen_dir
+    assert unseen.name == f"seed{cfg.unseen_world_seed}"
+    assert stages["unseen_world"].outputs[0] == str(unseen / "test.parquet")
+    assert stages["unseen_index"].outputs == [str(unseen / "index" / "manifest.json")]
+    names = ["unseen/baseline"] + [
+        f"seed{s}/eval/unseen/{g}" for s in (0, 1) for g in ("sft", "rl", "sft_rl")
+    ]
+    for name in names:
+        stage = stages[name]
+        assert stage.services == ("unseen_retriever",), name
+        assert (
+            f"data=[{unseen / 'test.parquet'}]" in stage.cmd
+            and "retriever_url={unseen_retriever}" in stage.cmd
+        )
+    for name in ["baseline"] + [f"seed{s}/eval/{g}" for s in (0, 1) for g in ("sft", "rl", "sft_rl")]:
+        assert stages[name].services == ("retriever",) and "retriever_url={retriever}" in stages[name].cmd
+    # no stage other than the unseen world's evaluations reads it
+    readers = {s.name for s in stages.values() if any(str(unseen) in i for i in s.inputs)}
+    assert readers == {"unseen_index", *names}
+    svc = services(cfg)["unseen_retriever"]
+    assert f"index_dir={unseen / 'index'}" in svc.cmd and "backend=dense" in svc.cmd
+
+
+def test_an_unseen_world_the_student_is_distilled_on_is_refused(tmp_path) -> None:
+    cfg = load_config(ExperimentConfig, TINY, [f"out_dir={tmp_path}", "unseen_world_seed=2"])
+    with pytest.raises(ValueError, match=r"unseen_world_seed=2 is one of the SFT practice worlds \[1, 2\]"):
+        plan(cfg)
+    with pytest.raises(ValueError, match="needs the embedded world"):
+        plan(load_config(ExperimentConfig, PAPER, [f"out_dir={tmp_path}", "unseen_world_seed=100"]))

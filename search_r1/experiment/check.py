@@ -22,7 +22,11 @@ def check_plan(cfg: ExperimentConfig, stages: list[Stage]) -> tuple[list[str], l
             notes.append(
                 f"venv {venv} is not on this machine (docs/environments.md creates it on the GPU node)"
             )
-    fake = {"retriever": "http://127.0.0.1:8000", "teacher": "http://127.0.0.1:8001/v1"}
+    fake = {
+        "retriever": "http://127.0.0.1:8000",
+        "unseen_retriever": "http://127.0.0.1:8002",
+        "teacher": "http://127.0.0.1:8001/v1",
+    }
     for stage in stages:
         if stage.config is None:
             continue

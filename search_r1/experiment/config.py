@@ -43,6 +43,18 @@ class ExperimentConfig:
         metadata={"help": "verl parquet(s) to evaluate on"},
     )
     index_dir: str = field(default=str(INDEX_DIR / "world"), metadata={"help": "retrieval index to serve"})
+    unseen_world_seed: int | None = field(
+        default=None,
+        metadata={
+            "help": "embedded world only: also evaluate every group on a held-out counterfactual world "
+            "(search_r1.world.practice with this seed) that no stage trains on, served by its own index; "
+            "null = none. Must differ from the SFT practice worlds' seeds"
+        },
+    )
+    unseen_test_fraction: float = field(
+        default=1.0,
+        metadata={"help": "share of the unseen world's subjects (drawn at random) in its test split"},
+    )
     retriever_url: str = field(
         default="", metadata={"help": "use a running retriever instead of starting one ('' = start one)"}
     )
@@ -122,6 +134,10 @@ class ExperimentConfig:
     @property
     def root(self) -> Path:
         return Path(self.out_dir or RUNS_DIR / "experiment" / self.preset)
+
+    @property
+    def unseen_dir(self) -> Path:
+        return WORLD_DIR / "unseen" / f"seed{self.unseen_world_seed}"
 
     @property
     def train_gpus(self) -> list[int]:

@@ -91,20 +91,61 @@ def write_agent_loops(path: Path, retriever_url: str) -> None:
     OmegaConf.save(loops, path)
 
 
-def _eval_stage(cfg: ExperimentConfig, name: str, model: str, out: Path) -> Stage:
+def _eval_stage(cfg: ExperimentConfig, name: str, model: str, out: Path, unseen: bool = False) -> Stage:
+    """Evaluate ``model`` on the test files, or (``unseen``) on the unseen world with its retriever."""
+    files, service = (
+        ([str(cfg.unseen_dir / "test.parquet")], "unseen_retriever")
+        if unseen
+        else (cfg.test_files, "retriever")
+    )
     overrides = [
-        f"engine.model={model}", f"data={_files(cfg.test_files)}", "retriever_url={retriever}",
+        f"engine.model={model}", f"data={_files(files)}", f"retriever_url={{{service}}}",
         f"out_dir={out}", f"name={name.split('/')[-1]}", *cfg.eval_overrides,
     ]  # fmt: skip
     return Stage(
         name,
         [python(cfg.venv_rl), "-m", "search_r1.eval", "run", "--config", cfg.eval_config, *overrides],
         env=_venv(cfg.venv_rl) | _devices(cfg.train_gpus),
-        inputs=[model, *cfg.test_files],
+        inputs=[model, *files],
         outputs=[str(out / "results.json")],
-        services=("retriever",),
+        services=(service,),
         config=("eval", cfg.eval_config, overrides),
     )
+
+
+def eval_stages(cfg: ExperimentConfig, prefix: str, group: str, model: str, root: Path) -> list[Stage]:
+    """``group``'s evaluation on the test files and, with an unseen world, on it too."""
+    stages = [_eval_stage(cfg, f"{prefix}{group}", model, root / group)]
+    if cfg.unseen_world_seed is not None:
+        stages.append(
+            _eval_stage(cfg, f"{prefix}unseen/{group}", model, root / "unseen" / group, unseen=True)
+        )
+    return stages
+
+
+def unseen_world_stages(cfg: ExperimentConfig) -> list[Stage]:
+    """The held-out world and its index (both cached by their own builds, so they run every time)."""
+    world, py = cfg.unseen_dir, python(cfg.venv_rl)
+    share = cfg.unseen_test_fraction
+    return [
+        Stage(
+            "unseen_world",
+            [
+                py, "-m", "search_r1.world.practice", f"seed={cfg.unseen_world_seed}", f"out_dir={world}",
+                f"split_fractions=[0.0,{1.0 - share},{share}]",
+            ],
+            always=True,
+            inputs=[str(WORLD_DIR / "kb.json")],
+            outputs=[str(world / "test.parquet"), str(world / "corpus.jsonl")],
+        ),
+        Stage(
+            "unseen_index",
+            [py, "scripts/build_index.py", f"corpus={world / 'corpus.jsonl'}", f"out_dir={world / 'index'}"],
+            always=True,
+            inputs=[str(world / "corpus.jsonl")],
+            outputs=[str(world / "index" / "manifest.json")],
+        ),
+    ]  # fmt: skip
 
 
 def setup_stages(cfg: ExperimentConfig) -> list[Stage]:
@@ -118,7 +159,7 @@ def setup_stages(cfg: ExperimentConfig) -> list[Stage]:
                 [py, "-m", "search_r1.world"],
                 always=True,
                 outputs=[str(WORLD_DIR / f"{split}.parquet") for split in ("train", "test")]
-                + [str(MODELS_DIR / "tiny-base")],
+                + [str(WORLD_DIR / "kb.json"), str(MODELS_DIR / "tiny-base")],
             )
         )
         stages.append(Stage("world_index", [py, "scripts/build_index.py", f"out_dir={INDEX_DIR / 'world'}"], always=True, outputs=[str(INDEX_DIR / "world" / "manifest.json")]))  # fmt: skip
@@ -194,10 +235,8 @@ def seed_stages(cfg: ExperimentConfig, seed: int) -> tuple[list[Stage], list[Sta
         start = merged if start_from == "sft" else cfg.base_model
         after += rl_stages(cfg, seed, root, start, name)
         models[group] = str(root / "ppo" / name / "merged")
-    after += [
-        _eval_stage(cfg, f"seed{seed}/eval/{g}", models[g], root / "eval" / g)
-        for g in ("sft", "rl", "sft_rl")
-    ]
+    for g in ("sft", "rl", "sft_rl"):
+        after += eval_stages(cfg, f"seed{seed}/eval/", g, models[g], root / "eval")
     return [teacher], after
 
 
@@ -276,12 +315,33 @@ def rl_stages(cfg: ExperimentConfig, seed: int, root: Path, start: str, name: st
     return [rehearse, train, shard, export]
 
 
+def _check_unseen(cfg: ExperimentConfig) -> None:
+    """The unseen world must be one no stage trains on: not an SFT practice world."""
+    from sft.config import SFTConfig
+
+    if not cfg.embedded_world:
+        raise ValueError("unseen_world_seed needs the embedded world (embedded_world=true)")
+    if not 0 < cfg.unseen_test_fraction <= 1:
+        raise ValueError(f"unseen_test_fraction must be in (0, 1], got {cfg.unseen_test_fraction}")
+    overrides = [o for o in cfg.sft_overrides if "{" not in o]
+    practice = load_config(SFTConfig, Path(cfg.sft_config), overrides).practice_seeds
+    if cfg.unseen_world_seed in practice:
+        raise ValueError(
+            f"unseen_world_seed={cfg.unseen_world_seed} is one of the SFT practice worlds {practice}: "
+            "the student is distilled on it, so it is not unseen"
+        )
+
+
 def plan(cfg: ExperimentConfig) -> list[Stage]:
     """Every stage in run order: set-up, baseline, all seeds' trajectories, then the rest per seed
     (so a teacher server on the trainers' GPUs is gone before the first SFT starts)."""
     if cfg.rl_backend not in ("single", "verl"):
         raise ValueError(f"rl_backend must be single | verl, got {cfg.rl_backend!r}")
-    stages = setup_stages(cfg) + [_eval_stage(cfg, "baseline", cfg.base_model, cfg.root / "baseline")]
+    if cfg.unseen_world_seed is not None:
+        _check_unseen(cfg)
+    stages = setup_stages(cfg)
+    stages += unseen_world_stages(cfg) if cfg.unseen_world_seed is not None else []
+    stages += eval_stages(cfg, "", "baseline", cfg.base_model, cfg.root)
     per_seed = [seed_stages(cfg, s) for s in cfg.seeds]
     stages += [s for teacher, _ in per_seed for s in teacher] + [s for _, rest in per_seed for s in rest]
     for stage in stages:
@@ -303,6 +363,15 @@ def services(cfg: ExperimentConfig) -> dict[str, Service]:
             log=logs / "retriever.log",
         )
     }
+    if cfg.unseen_world_seed is not None:
+        out["unseen_retriever"] = Service(
+            "unseen_retriever",
+            [*server, f"index_dir={cfg.unseen_dir / 'index'}", "port={port}", *cfg.retriever_args],
+            health="http://127.0.0.1:{port}/health",
+            url="http://127.0.0.1:{port}",
+            env=cfg.env | _venv(cfg.venv_rl) | _devices(cfg.retriever_gpus),
+            log=logs / "unseen_retriever.log",
+        )
     if cfg.teacher_server:
         out["teacher"] = Service(
             "teacher",

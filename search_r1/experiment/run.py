@@ -7,13 +7,14 @@ import shlex
 import sys
 import time
 from contextlib import ExitStack
+from pathlib import Path
 
 from search_r1.config import die, entry_point, parse_config, to_dict
 from search_r1.experiment.check import check_plan
 from search_r1.experiment.config import ExperimentConfig
 from search_r1.experiment.plan import plan, services
 from search_r1.experiment.stages import StageError, describe, is_done, line_up, run_stage
-from search_r1.experiment_report import GROUPS, summarize, write_report
+from search_r1.experiment_report import summarize, write_report
 from search_r1.paths import CONFIG_DIR, REPO_ROOT
 from search_r1.services import ServiceProcess
 
@@ -65,16 +66,24 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
     finally:
         for stack in running.values():
             stack.close()
-    results = {g: [] for g in GROUPS}
-    results["baseline"].append(root / "baseline" / "results.json")
-    for seed in cfg.seeds:
-        for group in ("sft", "rl", "sft_rl"):
-            results[group].append(root / f"seed{seed}" / "eval" / group / "results.json")
-    summary = summarize(results)
+    summary = summarize(eval_results(root, "", cfg.seeds))
+    summary["test_label"] = f"Test: {', '.join(cfg.test_files)}"
+    if cfg.unseen_world_seed is not None:
+        unseen = cfg.unseen_dir / "test.parquet"
+        label = f"Unseen world (seed {cfg.unseen_world_seed}, no stage trained on it): {unseen}"
+        summary["test_sets"] = {label: summarize(eval_results(root, "unseen", cfg.seeds))}
     summary["seconds"] = round(time.time() - start)
     summary["resumed"] = resumed
     write_report(summary, cfg, root, publish_dir=REPO_ROOT / "docs" / "results" if cfg.publish else None)
     return summary
+
+
+def eval_results(root: Path, test: str, seeds: list[int]) -> dict[str, list[Path]]:
+    """Each group's results.json per seed (the baseline's once) for one test set ('' = the test files)."""
+    results = {"baseline": [root / test / "baseline" / "results.json"]}
+    for group in ("sft", "rl", "sft_rl"):
+        results[group] = [root / f"seed{s}" / "eval" / test / group / "results.json" for s in seeds]
+    return results
 
 
 @entry_point
