@@ -122,8 +122,8 @@ def test_tiny_plan_scores_every_group_on_the_unseen_world_with_its_own_retriever
     stages = {s.name: s for s in plan(cfg)}
     unseen = cfg.unseen_dir
     assert unseen.name == f"seed{cfg.unseen_world_seed}"
-    assert stages["unseen_world"].outputs[0] == str(unseen / "test.parquet")
-    assert stages["unseen_index"].outputs == [str(unseen / "index" / "manifest.json")]
+    assert str(unseen / "test.parquet") in stages["unseen_world"].outputs
+    assert stages["unseen_world_index"].outputs == [str(unseen / "index" / "manifest.json")]
     names = ["unseen/baseline"] + [
         f"seed{s}/eval/unseen/{g}" for s in (0, 1) for g in ("sft", "rl", "sft_rl")
     ]
@@ -138,7 +138,7 @@ def test_tiny_plan_scores_every_group_on_the_unseen_world_with_its_own_retriever
         assert stages[name].services == ("retriever",) and "retriever_url={retriever}" in stages[name].cmd
     # no stage other than the unseen world's evaluations reads it
     readers = {s.name for s in stages.values() if any(str(unseen) in i for i in s.inputs)}
-    assert readers == {"unseen_index", *names}
+    assert readers == {"unseen_world_index", *names}
     svc = services(cfg)["unseen_retriever"]
     assert f"index_dir={unseen / 'index'}" in svc.cmd and "backend=dense" in svc.cmd
 
@@ -147,5 +147,40 @@ def test_an_unseen_world_the_student_is_distilled_on_is_refused(tmp_path) -> Non
     cfg = load_config(ExperimentConfig, TINY, [f"out_dir={tmp_path}", "unseen_world_seed=2"])
     with pytest.raises(ValueError, match=r"unseen_world_seed=2 is one of the SFT practice worlds \[1, 2\]"):
         plan(cfg)
-    with pytest.raises(ValueError, match="needs the embedded world"):
+    with pytest.raises(ValueError, match="need the embedded world"):
         plan(load_config(ExperimentConfig, PAPER, [f"out_dir={tmp_path}", "unseen_world_seed=100"]))
+
+
+def test_rl_runs_train_on_the_rl_world_questions_their_start_solves_sometimes(tmp_path) -> None:
+    cfg = load_config(
+        ExperimentConfig,
+        TINY,
+        [f"out_dir={tmp_path}", "rl_world_seed=4", "rl_select=[max_questions=32,min_keep=8]"],
+    )
+    stages = {s.name: s for s in plan(cfg)}
+    world = cfg.rl_world_dir
+    assert stages["rl_world_index"].outputs == [str(world / "index" / "manifest.json")]
+    for name, start in (
+        ("rl_from_sft", str(tmp_path / "seed0" / "sft" / "merged")),
+        ("rl_from_base", cfg.base_model),
+    ):
+        select, train = stages[f"seed0/{name}_select"], stages[f"seed0/{name}"]
+        selected = str(tmp_path / "seed0" / "ppo" / name / "select.parquet")
+        assert select.services == train.services == ("rl_retriever",)
+        assert _arg(select, "model") == start and _arg(select, "train_files") == str(world / "train.parquet")
+        assert _arg(select, "retriever.url") == "{rl_retriever}" and _arg(select, "min_keep") == "8"
+        assert select.outputs == [selected] and _arg(train, "data.train_files") == selected
+        assert _arg(train, "retriever.url") == "{rl_retriever}"
+        order = list(stages)
+        assert order.index(select.name) < order.index(train.name)
+    svc = services(cfg)["rl_retriever"]
+    assert f"index_dir={world / 'index'}" in svc.cmd
+    # the evaluations still search the world's own index
+    assert stages["seed0/eval/sft_rl"].services == ("retriever",)
+    problems, _ = check_plan(cfg, list(stages.values()))
+    assert not [p for p in problems if "compose" in p], problems
+
+    with pytest.raises(ValueError, match="rl_world_seed=1 is one of the SFT practice worlds"):
+        plan(load_config(ExperimentConfig, TINY, [f"out_dir={tmp_path}", "rl_world_seed=1"]))
+    with pytest.raises(ValueError, match="is the RL world"):
+        plan(load_config(ExperimentConfig, TINY, [f"out_dir={tmp_path}", "rl_world_seed=100"]))

@@ -534,6 +534,16 @@ def test_rl_from_sft_start_raises_reward(sometimes_solved, sft_start, tmp_path) 
 
 
 @pytest.mark.slow
+def test_select_falls_back_to_every_rated_question_below_min_keep() -> None:
+    from search_r1.rl.select import choose
+
+    rates = {"a": 0.0, "b": 0.5, "c": 1.0, "d": 0.25}
+    assert choose(rates, SelectConfig()) == ({"b", "d"}, False)
+    assert choose(rates, SelectConfig(min_keep=2)) == ({"b", "d"}, False)
+    assert choose(rates, SelectConfig(min_keep=3)) == (set(rates), True)
+    assert choose({"a": 0.0, "c": 1.0}, SelectConfig(min_keep=1)) == ({"a", "c"}, True)
+
+
 def test_select_keeps_the_rows_whose_pass_rate_is_in_bounds(base_model, world, bm25_index, tmp_path) -> None:
     """Real rollouts of the tiny base model, 12 questions × 4 samples: the parquet holds exactly the
     rows the report rates strictly inside the bounds, in the source's schema and order."""

@@ -25,6 +25,7 @@ def check_plan(cfg: ExperimentConfig, stages: list[Stage]) -> tuple[list[str], l
     fake = {
         "retriever": "http://127.0.0.1:8000",
         "unseen_retriever": "http://127.0.0.1:8002",
+        "rl_retriever": "http://127.0.0.1:8003",
         "teacher": "http://127.0.0.1:8001/v1",
     }
     for stage in stages:

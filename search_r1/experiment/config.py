@@ -86,6 +86,21 @@ class ExperimentConfig:
     rl_config: str = field(
         default=str(CONFIG_DIR / "rl" / "tiny_ppo.yaml"), metadata={"help": "train_ppo.sh --config"}
     )
+    rl_world_seed: int | None = field(
+        default=None,
+        metadata={
+            "help": "embedded world only: the RL runs train on this practice world's train split, served by "
+            "its own index, instead of rl_config's train files (questions no earlier stage trained on); "
+            "null = rl_config's data on the experiment's retriever"
+        },
+    )
+    rl_select: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "pass-rate pre-pass before each RL run (python -m search_r1.rl.select overrides): the "
+            "questions its start model solves only sometimes become the run's train files; null = none"
+        },
+    )
     rl_overrides: list[str] = field(
         default_factory=list, metadata={"help": "extra key=value for train_ppo.sh"}
     )
@@ -138,6 +153,10 @@ class ExperimentConfig:
     @property
     def unseen_dir(self) -> Path:
         return WORLD_DIR / "unseen" / f"seed{self.unseen_world_seed}"
+
+    @property
+    def rl_world_dir(self) -> Path:
+        return WORLD_DIR / "practice" / f"seed{self.rl_world_seed}"
 
     @property
     def train_gpus(self) -> list[int]:

@@ -10,19 +10,11 @@ from pathlib import Path
 
 from search_r1.config import load_config
 from search_r1.experiment.config import ExperimentConfig
-from search_r1.experiment.stages import Stage, python
-from search_r1.paths import CONFIG_DIR, INDEX_DIR, MODELS_DIR, WORLD_DIR
+from search_r1.experiment.rl_plan import RL_RUNS, rl_stages
+from search_r1.experiment.stages import Stage, gpu_env, python, venv_env
+from search_r1.experiment.worlds import PRACTICE_SPLITS, check_worlds, practice_world_stages
+from search_r1.paths import INDEX_DIR, MODELS_DIR, WORLD_DIR
 from search_r1.services import Service
-
-RL_RUNS = {"sft_rl": ("rl_from_sft", "sft"), "rl": ("rl_from_base", "base")}  # group: (run name, start)
-
-
-def _devices(gpus: list[int]) -> dict[str, str]:
-    return {"CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus))} if gpus else {}
-
-
-def _venv(venv: str) -> dict[str, str]:
-    return {"SEARCH_R1_VENV": venv} if venv else {}
 
 
 def _files(paths: list[str]) -> str:
@@ -44,53 +36,6 @@ def sft_run_overrides(cfg: ExperimentConfig, seed: int, root: Path, teacher: boo
     ]
 
 
-def rl_run_overrides(
-    cfg: ExperimentConfig,
-    seed: int,
-    root: Path,
-    start: str,
-    name: str,
-    backend: str,
-    extra: list[str],
-    trainer_dir: Path | None = None,
-) -> list[str]:
-    """The overrides of one RL run, for the single-machine trainer or for verl (``backend``), then
-    ``extra``. The verl rehearsal on CPU calls this with the same arguments as a verl run on GPUs."""
-    if backend == "single":
-        return [
-            f"actor_rollout_ref.model.path={start}",
-            "retriever.url={retriever}",
-            f"trainer.default_local_dir={trainer_dir or root / 'ppo'}",
-            f"trainer.experiment_name={name}",
-            f"trainer.seed={seed}",
-            f"data.seed={seed}",
-            "trainer.resume_mode=auto",
-            *extra,
-        ]
-    gpus = [f"trainer.n_gpus_per_node={len(cfg.train_gpus)}"] if cfg.train_gpus else []
-    return [
-        f"actor_rollout_ref.model.path={start}",
-        f"actor_rollout_ref.rollout.agent.agent_loop_config_path={root / 'agent_loops.yaml'}",
-        f"trainer.default_local_dir={root / 'ppo' / name}",
-        f"trainer.experiment_name={cfg.preset}-{name}-seed{seed}",
-        f"data.seed={seed}",
-        "trainer.resume_mode=auto",
-        *gpus,
-        *extra,
-    ]
-
-
-def write_agent_loops(path: Path, retriever_url: str) -> None:
-    """verl reads the agent loop's retriever URL from a YAML file: one per run, with the live URL."""
-    from omegaconf import OmegaConf
-
-    loops = OmegaConf.load(CONFIG_DIR / "rl" / "verl" / "agent_loops.yaml")
-    for entry in loops:
-        entry.retriever_url = retriever_url
-    path.parent.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(loops, path)
-
-
 def _eval_stage(cfg: ExperimentConfig, name: str, model: str, out: Path, unseen: bool = False) -> Stage:
     """Evaluate ``model`` on the test files, or (``unseen``) on the unseen world with its retriever."""
     files, service = (
@@ -105,7 +50,7 @@ def _eval_stage(cfg: ExperimentConfig, name: str, model: str, out: Path, unseen:
     return Stage(
         name,
         [python(cfg.venv_rl), "-m", "search_r1.eval", "run", "--config", cfg.eval_config, *overrides],
-        env=_venv(cfg.venv_rl) | _devices(cfg.train_gpus),
+        env=venv_env(cfg.venv_rl) | gpu_env(cfg.train_gpus),
         inputs=[model, *files],
         outputs=[str(out / "results.json")],
         services=(service,),
@@ -121,31 +66,6 @@ def eval_stages(cfg: ExperimentConfig, prefix: str, group: str, model: str, root
             _eval_stage(cfg, f"{prefix}unseen/{group}", model, root / "unseen" / group, unseen=True)
         )
     return stages
-
-
-def unseen_world_stages(cfg: ExperimentConfig) -> list[Stage]:
-    """The held-out world and its index (both cached by their own builds, so they run every time)."""
-    world, py = cfg.unseen_dir, python(cfg.venv_rl)
-    share = cfg.unseen_test_fraction
-    return [
-        Stage(
-            "unseen_world",
-            [
-                py, "-m", "search_r1.world.practice", f"seed={cfg.unseen_world_seed}", f"out_dir={world}",
-                f"split_fractions=[0.0,{1.0 - share},{share}]",
-            ],
-            always=True,
-            inputs=[str(WORLD_DIR / "kb.json")],
-            outputs=[str(world / "test.parquet"), str(world / "corpus.jsonl")],
-        ),
-        Stage(
-            "unseen_index",
-            [py, "scripts/build_index.py", f"corpus={world / 'corpus.jsonl'}", f"out_dir={world / 'index'}"],
-            always=True,
-            inputs=[str(world / "corpus.jsonl")],
-            outputs=[str(world / "index" / "manifest.json")],
-        ),
-    ]  # fmt: skip
 
 
 def setup_stages(cfg: ExperimentConfig) -> list[Stage]:
@@ -211,7 +131,7 @@ def seed_stages(cfg: ExperimentConfig, seed: int) -> tuple[list[Stage], list[Sta
     teacher = Stage(
         f"seed{seed}/trajectories",
         [python(cfg.venv_sft), "-m", "sft.generate", "--config", cfg.sft_config, *teacher_args],
-        env=_venv(cfg.venv_sft),
+        env=venv_env(cfg.venv_sft),
         inputs=[str(Path(sft.world_dir) / f"{sft.generate.split}.parquet"), sft.model],
         outputs=[str(sft.trajectories)],
         services=("retriever", "teacher") if cfg.teacher_server else ("retriever",),
@@ -221,8 +141,8 @@ def seed_stages(cfg: ExperimentConfig, seed: int) -> tuple[list[Stage], list[Sta
         Stage(
             f"seed{seed}/sft",
             ["bash", "train_sft.sh", "--config", cfg.sft_config, *sft_args],
-            env=_venv(cfg.venv_sft)
-            | _devices(cfg.train_gpus)
+            env=venv_env(cfg.venv_sft)
+            | gpu_env(cfg.train_gpus)
             | ({} if cfg.sft_check else {"SFT_SKIP_EVAL": "1"}),
             inputs=[str(sft.trajectories), sft.model],
             outputs=[merged + "/config.json"],
@@ -240,107 +160,21 @@ def seed_stages(cfg: ExperimentConfig, seed: int) -> tuple[list[Stage], list[Sta
     return [teacher], after
 
 
-def rl_stages(cfg: ExperimentConfig, seed: int, root: Path, start: str, name: str) -> list[Stage]:
-    """Train one RL run and leave a Hugging Face folder at ``<root>/ppo/<name>/merged``.
-
-    verl: train_ppo.sh with verl, then export its FSDP checkpoint. Single machine: train_ppo.sh with
-    the single-machine trainer, which writes the folder itself. With ``verl_rehearsal`` set, the
-    single-machine run is framed by what a CPU can run of the verl path: verl validates this run's
-    overrides and runs its agent loop (before), and the trained model is saved as a sharded verl
-    FSDP checkpoint and exported by the same export stage as on GPUs (after)."""
-    run = root / "ppo" / name
-    env = _venv(cfg.venv_rl) | _devices(cfg.train_gpus)
-    loops = root / "agent_loops.yaml"
-    verl_ckpt = str(run / "latest_checkpointed_iteration.txt")
-    export = Stage(
-        f"seed{seed}/{name}_export",
-        [python(cfg.venv_rl), "-m", "search_r1.rl.export", f"ckpt_dir={run}", f"out={run / 'merged'}"],
-        env=_venv(cfg.venv_rl),
-        inputs=[verl_ckpt],
-        outputs=[str(run / "merged" / "config.json")],
-    )
-    if cfg.rl_backend == "verl":
-        overrides = rl_run_overrides(cfg, seed, root, start, name, "verl", cfg.rl_overrides)
-        train = Stage(
-            f"seed{seed}/{name}",
-            ["bash", "train_ppo.sh", "--config", cfg.rl_config, *overrides],
-            env=env,
-            inputs=[start],
-            outputs=[verl_ckpt],
-            services=("retriever",),
-            before=lambda urls: write_agent_loops(loops, urls["retriever"]),
-            config=("verl", cfg.rl_config, overrides),
-        )
-        return [train, export]
-    trainer_dir = root / ("ppo_single" if cfg.verl_rehearsal else "ppo")
-    overrides = rl_run_overrides(cfg, seed, root, start, name, "single", cfg.rl_overrides, trainer_dir)
-    train = Stage(
-        f"seed{seed}/{name}",
-        ["bash", "train_ppo.sh", "--config", cfg.rl_config, *overrides],
-        env=env,
-        inputs=[start],
-        outputs=[str(trainer_dir / name / "merged" / "config.json")],
-        services=("retriever",),
-        config=("single", cfg.rl_config, overrides),
-    )
-    if not cfg.verl_rehearsal:
-        return [train]
-    verl_args = rl_run_overrides(cfg, seed, root, start, name, "verl", cfg.verl_rehearsal_overrides)
-    rehearse = Stage(
-        f"seed{seed}/{name}_verl",
-        [
-            python(cfg.venv_rl), "-m", "search_r1.rl.verl_rehearsal", "--config", cfg.verl_rehearsal,
-            *verl_args, *cfg.verl_rehearsal_args,
-        ],
-        env=env,
-        inputs=[start],
-        outputs=[str(run / "verl_rehearsal.json")],
-        services=("retriever",),
-        before=lambda urls: write_agent_loops(loops, urls["retriever"]),
-        config=("verl", cfg.verl_rehearsal, verl_args),
-    )  # fmt: skip
-    shard = Stage(
-        f"seed{seed}/{name}_verl_checkpoint",
-        [
-            python(cfg.venv_rl),
-            "-m",
-            "search_r1.rl.verl_checkpoint",
-            f"run={trainer_dir / name}",
-            f"out={run}",
-        ],
-        env=_venv(cfg.venv_rl),
-        inputs=[str(trainer_dir / name / "merged")],
-        outputs=[verl_ckpt],
-    )
-    return [rehearse, train, shard, export]
-
-
-def _check_unseen(cfg: ExperimentConfig) -> None:
-    """The unseen world must be one no stage trains on: not an SFT practice world."""
-    from sft.config import SFTConfig
-
-    if not cfg.embedded_world:
-        raise ValueError("unseen_world_seed needs the embedded world (embedded_world=true)")
-    if not 0 < cfg.unseen_test_fraction <= 1:
-        raise ValueError(f"unseen_test_fraction must be in (0, 1], got {cfg.unseen_test_fraction}")
-    overrides = [o for o in cfg.sft_overrides if "{" not in o]
-    practice = load_config(SFTConfig, Path(cfg.sft_config), overrides).practice_seeds
-    if cfg.unseen_world_seed in practice:
-        raise ValueError(
-            f"unseen_world_seed={cfg.unseen_world_seed} is one of the SFT practice worlds {practice}: "
-            "the student is distilled on it, so it is not unseen"
-        )
-
-
 def plan(cfg: ExperimentConfig) -> list[Stage]:
     """Every stage in run order: set-up, baseline, all seeds' trajectories, then the rest per seed
     (so a teacher server on the trainers' GPUs is gone before the first SFT starts)."""
     if cfg.rl_backend not in ("single", "verl"):
         raise ValueError(f"rl_backend must be single | verl, got {cfg.rl_backend!r}")
-    if cfg.unseen_world_seed is not None:
-        _check_unseen(cfg)
+    if cfg.unseen_world_seed is not None or cfg.rl_world_seed is not None:
+        check_worlds(cfg)
     stages = setup_stages(cfg)
-    stages += unseen_world_stages(cfg) if cfg.unseen_world_seed is not None else []
+    if cfg.unseen_world_seed is not None:
+        share = cfg.unseen_test_fraction
+        stages += practice_world_stages(
+            cfg, "unseen_world", cfg.unseen_world_seed, cfg.unseen_dir, [0.0, 1 - share, share]
+        )
+    if cfg.rl_world_seed is not None:
+        stages += practice_world_stages(cfg, "rl_world", cfg.rl_world_seed, cfg.rl_world_dir, PRACTICE_SPLITS)
     stages += eval_stages(cfg, "", "baseline", cfg.base_model, cfg.root)
     per_seed = [seed_stages(cfg, s) for s in cfg.seeds]
     stages += [s for teacher, _ in per_seed for s in teacher] + [s for _, rest in per_seed for s in rest]
@@ -359,18 +193,22 @@ def services(cfg: ExperimentConfig) -> dict[str, Service]:
             [*server, f"index_dir={cfg.index_dir}", "port={port}", *cfg.retriever_args],
             health="http://127.0.0.1:{port}/health",
             url="http://127.0.0.1:{port}",
-            env=cfg.env | _venv(cfg.venv_rl) | _devices(cfg.retriever_gpus),
+            env=cfg.env | venv_env(cfg.venv_rl) | gpu_env(cfg.retriever_gpus),
             log=logs / "retriever.log",
         )
     }
-    if cfg.unseen_world_seed is not None:
-        out["unseen_retriever"] = Service(
-            "unseen_retriever",
-            [*server, f"index_dir={cfg.unseen_dir / 'index'}", "port={port}", *cfg.retriever_args],
+    worlds = {"unseen_retriever": cfg.unseen_world_seed, "rl_retriever": cfg.rl_world_seed}
+    for name, seed in worlds.items():  # a counterfactual world's own index, served like the world's
+        if seed is None:
+            continue
+        world = cfg.unseen_dir if name == "unseen_retriever" else cfg.rl_world_dir
+        out[name] = Service(
+            name,
+            [*server, f"index_dir={world / 'index'}", "port={port}", *cfg.retriever_args],
             health="http://127.0.0.1:{port}/health",
             url="http://127.0.0.1:{port}",
-            env=cfg.env | _venv(cfg.venv_rl) | _devices(cfg.retriever_gpus),
-            log=logs / "unseen_retriever.log",
+            env=cfg.env | venv_env(cfg.venv_rl) | gpu_env(cfg.retriever_gpus),
+            log=logs / f"{name}.log",
         )
     if cfg.teacher_server:
         out["teacher"] = Service(
@@ -378,7 +216,7 @@ def services(cfg: ExperimentConfig) -> dict[str, Service]:
             [python(cfg.venv_rl) if c == "{python}" else c for c in cfg.teacher_server],
             health="http://127.0.0.1:{port}/v1/models",
             url="http://127.0.0.1:{port}/v1",
-            env=cfg.env | _devices(cfg.train_gpus),
+            env=cfg.env | gpu_env(cfg.train_gpus),
             log=logs / "teacher.log",
         )
     return out

@@ -62,6 +62,16 @@ def python(venv: str) -> str:
     return str(Path(venv) / "bin" / "python") if venv else sys.executable
 
 
+def gpu_env(gpus: list[int]) -> dict[str, str]:
+    """The environment that puts a stage on ``gpus`` (none: nothing to set)."""
+    return {"CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus))} if gpus else {}
+
+
+def venv_env(venv: str) -> dict[str, str]:
+    """The environment that makes the entry-point scripts use ``venv``."""
+    return {"SEARCH_R1_VENV": venv} if venv else {}
+
+
 def marker(run_dir: Path, stage: Stage) -> Path:
     return run_dir / "stages" / f"{stage.name}.done"
 

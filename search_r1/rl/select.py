@@ -55,6 +55,13 @@ class SelectConfig:
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature (as the RL rollout)"})
     min_pass: float = field(default=0.0, metadata={"help": "keep pass rates strictly above this"})
     max_pass: float = field(default=1.0, metadata={"help": "keep pass rates strictly below this"})
+    min_keep: int = field(
+        default=0,
+        metadata={
+            "help": "when fewer questions are in bounds, keep every rated question instead (reported as "
+            "fallback): a start policy that solves none still gets its RL run, on unfiltered questions"
+        },
+    )
     seed: int = field(default=1, metadata={"help": "seed of the question draw and the sampling"})
     protocol: str = field(
         default=str(CONFIG_DIR / "agent" / "tiny.yaml"), metadata={"help": "ProtocolConfig YAML"}
@@ -100,6 +107,14 @@ def pass_rates(cfg: SelectConfig, retriever: Retriever | None = None) -> tuple[d
     return rates, [u for u in uids if u in unrated]
 
 
+def choose(rates: dict[str, float], cfg: SelectConfig) -> tuple[set[str], bool]:
+    """The questions to keep, and whether that is the ``min_keep`` fallback (every rated question)."""
+    keep = {uid for uid, p in rates.items() if cfg.min_pass < p < cfg.max_pass}
+    if len(keep) < cfg.min_keep:
+        return set(rates), True
+    return keep, False
+
+
 def select(cfg: SelectConfig, retriever: Retriever | None = None) -> Path:
     """Write the rows of ``train_files`` whose pass rate is in (min_pass, max_pass) to ``cfg.out``.
 
@@ -111,7 +126,7 @@ def select(cfg: SelectConfig, retriever: Retriever | None = None) -> Path:
     if not cfg.model or not cfg.out:
         raise ValueError("select needs model= and out=")
     rates, unclassified = pass_rates(cfg, retriever)
-    keep = {uid for uid, p in rates.items() if cfg.min_pass < p < cfg.max_pass}
+    keep, fallback = choose(rates, cfg)
     table = pq.read_table(cfg.train_files)
     rows = read_parquet(cfg.train_files)
     out = Path(cfg.out)
@@ -119,6 +134,7 @@ def select(cfg: SelectConfig, retriever: Retriever | None = None) -> Path:
     report = {
         "config": to_dict(cfg),
         "selected": len(keep),
+        "fallback": fallback,
         "unclassified": len(unclassified),
         "unclassified_uids": unclassified,
         "pass_rates": rates,
@@ -134,6 +150,12 @@ def select(cfg: SelectConfig, retriever: Retriever | None = None) -> Path:
         f"[select] {len(rates)} rated questions × {cfg.n} samples: {never} never solved, {always} always, "
         f"{len(keep)} kept ({cfg.min_pass} < pass rate < {cfg.max_pass}) -> {out}"
     )
+    if fallback:
+        print(
+            f"[select] fewer than min_keep={cfg.min_keep} questions in bounds: kept all {len(keep)} rated "
+            "questions instead (fallback: the start policy solves almost none or almost all)",
+            flush=True,
+        )
     if unclassified:
         print(
             f"[select] {len(unclassified)} questions had a failed search and were not classified; "
