@@ -1,4 +1,4 @@
-"""The experiment: baseline, SFT only, RL only and SFT + RL, evaluated on one test split — at any scale.
+"""The experiment: baseline, SFT only, RL only and SFT + RL, evaluated on its test files — at any scale.
 
     python -m search_r1.experiment                                            # tiny preset, embedded world
     python -m search_r1.experiment --config configs/experiment/qwen2.5-3b-nq.yaml dry_run=true
@@ -18,9 +18,14 @@ it stopped. ``dry_run=true`` prints every stage's command, environment, inputs a
 checks what a machine without GPUs can: the configs compose (verl validates the exact overrides of
 each verl stage), the inputs line up with earlier outputs, the GPU plan is consistent.
 
+On the embedded world a preset can add counterfactual worlds with their own indexes
+(``search_r1.experiment.worlds``): an unseen world every group is also scored on, and a world the RL
+runs train on, after a pass-rate pre-pass (``search_r1.experiment.rl_plan``).
+
 Outputs (``out_dir``): per seed ``seed<k>/{sft,ppo,eval}/``, ``stages/`` and ``logs/``, then
-``results.md`` / ``results.json`` / ``results.png`` (mean ± std over seeds); ``publish=true`` copies
-the table and chart to ``docs/results/<preset>.*``.
+``results.md`` / ``results.json`` / ``results.png``: mean ± std over seeds and the paired
+per-question differences with bootstrap CIs (``search_r1.eval.paired``), per test set.
+``publish=true`` also copies them to ``docs/results/<preset>.*``; by default no tracked file is written.
 """
 
 from search_r1.experiment.check import check_plan
