@@ -103,6 +103,33 @@ class KLCtrlConfig:
 
 
 @dataclass
+class FilterGroupsConfig:
+    """Dynamic sampling (DAPO): verl's ``algorithm.filter_groups``, same keys and meaning
+    (search_r1.rl.dynamic_sampling; docs/rl.md "Dynamic sampling")."""
+
+    enable: bool = _f(
+        False,
+        "drop the groups whose metric is the same for all rollout.n samples and roll out more questions until "
+        "data.train_batch_size groups vary",
+    )
+    metric: str = _f(
+        "reward",
+        "per-sample value whose spread decides: reward (= score, what the advantage uses) or a key of "
+        "compute_score's result: em (DAPO's acc), cover_em, f1, rouge_l, has_answer, format_valid",
+    )
+    max_num_gen_batches: int = _f(
+        0,
+        "most generation batches per step; still short then, the run stops with an error (as verl's DAPO); "
+        "<= 0 = no limit (a step still draws each question at most once)",
+    )
+
+    def __post_init__(self) -> None:  # a bad metric is a config error (exit 2), not a failed run
+        from search_r1.rl.dynamic_sampling import check_metric
+
+        check_metric(self.metric)
+
+
+@dataclass
 class AlgorithmConfig:
     adv_estimator: str = _f(
         "gae", "verl advantage-estimator registry name: gae (PPO + critic), grpo, rloo, ..."
@@ -113,6 +140,7 @@ class AlgorithmConfig:
     use_kl_in_reward: bool = _f(False, "subtract kl_ctrl.kl_coef * KL from the token rewards")
     kl_penalty: str = _f("kl", "KL estimator for the in-reward penalty")
     kl_ctrl: KLCtrlConfig = field(default_factory=KLCtrlConfig)
+    filter_groups: FilterGroupsConfig = field(default_factory=FilterGroupsConfig)
 
 
 @dataclass

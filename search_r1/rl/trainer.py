@@ -2,11 +2,13 @@
 
 Each step: sample ``data.train_batch_size`` prompts (order = f(seed, step), so resume is exact) →
 roll out ``rollout.n`` episodes each with *our* agent rollout (HF engine over the live actor, the
-retriever over HTTP) → score them with *our* ``compute_score`` → old/reference log-probs and values
-→ advantages with verl's estimator registry (GAE with the critic, GRPO, ...) → ``ppo_epochs`` of
-mini-batch updates with verl's policy loss, value loss and KL (gradient accumulation over micro
-batches, grad clipping) → metrics and the collapse check (``search_r1.rl.health``) → checkpoint every
-``trainer.save_freq`` steps (and at a collapse with ``trainer.stop_on_collapse``, which ends the run).
+retriever over HTTP) → score them with *our* ``compute_score`` (with ``algorithm.filter_groups``, drop
+the groups whose samples all score the same and roll out more prompts: ``search_r1.rl.dynamic_sampling``)
+→ old/reference log-probs and values → advantages with verl's estimator registry (GAE with the
+critic, GRPO, ...) → ``ppo_epochs`` of mini-batch updates with verl's policy loss, value loss and KL
+(gradient accumulation over micro batches, grad clipping) → metrics and the collapse check
+(``search_r1.rl.health``) → checkpoint every ``trainer.save_freq`` steps (and at a collapse with
+``trainer.stop_on_collapse``, which ends the run).
 
 Observation tokens have ``response_mask == 0``: every loss aggregates with that mask, so they get
 zero weight. With LoRA the reference policy is the actor with its adapter disabled.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import random
 import sys
@@ -45,6 +48,7 @@ from search_r1.rl.algos import compute_advantages, policy_loss_config
 from search_r1.rl.batch import Batch, collate, place_outcome_reward
 from search_r1.rl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from search_r1.rl.config import ActorConfig, DataConfig, PPOConfig
+from search_r1.rl.dynamic_sampling import Generation, NotEnoughGroups, draw_step
 from search_r1.rl.health import TRAINER_KEYS, HealthMonitor, stop_summary
 from search_r1.rl.learning import read_metrics
 from search_r1.rl.retriever import open_retriever
@@ -94,6 +98,14 @@ def score_rollout(tokenizer, rows: list[dict], trajectories: list, n: int, rewar
         )
         for row, traj in zip([r for r in rows for _ in range(n)], trajectories, strict=True)
     ]
+
+
+def rollout_seed(seed: int, step: int, attempt: int) -> int:
+    """Seed of the sampling noise of generation batch ``attempt`` of ``step``: 0 is the step's
+    ordinary batch; dynamic sampling's refills (1, 2, ...) get seeds of a stream of their own."""
+    if attempt == 0:
+        return seed * 100_003 + step
+    return int(np.random.SeedSequence([seed, step, attempt]).generate_state(1)[0])
 
 
 def load_models(cfg: PPOConfig, device: torch.device, dtype: torch.dtype):
@@ -205,13 +217,13 @@ def train(cfg: PPOConfig, retriever: Retriever | None = None) -> Path:
     sampling = SamplingParams(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k)
 
     with asyncio.Runner() as runner, open_retriever(cfg.retriever, runner, retriever) as retr:
-        for step in range(start + 1, t.total_training_steps + 1):
-            timing: dict[str, float] = {}
-            # ---- 1. rollout: our agent loop over the live actor ----------------------------------
-            idx = batch_indices(step, len(rows), cfg.data.train_batch_size, cfg.data.seed, cfg.data.shuffle)
-            uids = [uid_of(rows[i]) for i in idx]
+
+        def generate(idx: list[int], attempt: int, *, step: int, timing: dict[str, float]) -> Generation:
+            """One generation batch: rows ``idx`` rolled out ``rollout.n`` times each, then scored with
+            the same ``compute_score`` verl calls, on the decoded response only."""
             with timer(timing, "rollout"):
-                torch.manual_seed(t.seed * 100_003 + step)  # sampling noise is a function of the step
+                torch.manual_seed(rollout_seed(t.seed, step, attempt))  # sampling noise = f(step, attempt)
+                uids = [uid_of(rows[i]) for i in idx]
                 out = runner.run(
                     rollout(
                         engine,
@@ -224,12 +236,24 @@ def train(cfg: PPOConfig, retriever: Retriever | None = None) -> Path:
                         n=r.n,
                     )
                 )
-            trajs = out.trajectories
-            # ---- 2. reward: the same compute_score verl calls, on the decoded response only ------
             with timer(timing, "reward"):
                 scored = score_rollout(
-                    tokenizer, [rows[i] for i in idx], trajs, r.n, cfg.reward.reward_kwargs
+                    tokenizer, [rows[i] for i in idx], out.trajectories, r.n, cfg.reward.reward_kwargs
                 )
+            return Generation(idx, out.trajectories, scored, out.stats)
+
+        for step in range(start + 1, t.total_training_steps + 1):
+            timing: dict[str, float] = {}
+            # ---- 1-2. rollout (our agent loop over the live actor) and reward --------------------
+            idx = batch_indices(step, len(rows), cfg.data.train_batch_size, cfg.data.seed, cfg.data.shuffle)
+            generate_step = functools.partial(generate, step=step, timing=timing)
+            ds_metrics = {}
+            if algo.filter_groups.enable:  # dynamic sampling: only groups whose samples differ, refilled
+                drawn = draw_step(algo.filter_groups, cfg.data, step, idx, len(rows), r.n, generate_step)
+                gen, ds_metrics = drawn.trained(r.n), drawn.metrics(lambda i: uid_of(rows[i]))
+            else:
+                gen = generate_step(idx, 0)
+            uids, trajs, scored = [uid_of(rows[i]) for i in gen.rows], gen.trajectories, gen.scored
             b = collate(trajs, pad_id).to(device)
             scores = torch.tensor([s["score"] for s in scored], dtype=torch.float32, device=device)
             # ---- 3. old / reference log-probs and values ----------------------------------------
@@ -268,7 +292,7 @@ def train(cfg: PPOConfig, retriever: Retriever | None = None) -> Path:
                     returns,
                 )
             # ---- 6. metrics, checkpoint ------------------------------------------------------------
-            st = out.stats
+            st = gen.stats
             metrics = {
                 "step": step,
                 "data/uids": uids,
@@ -283,6 +307,7 @@ def train(cfg: PPOConfig, retriever: Retriever | None = None) -> Path:
                 "rollout/response_length": st.response_tokens,
                 "rollout/policy_tokens": b.response_mask.sum(1).mean().item(),
                 "rollout/retrieval_failures": st.retrieval_failures,
+                **ds_metrics,
                 **kl_metrics,
                 **upd,
                 **{f"timing_s/{k}": v for k, v in timing.items()},
@@ -322,7 +347,7 @@ def update(
     micro = a.ppo_micro_batch_size_per_gpu
     stats: dict[str, list[float]] = {}
     for _ in range(a.ppo_epochs):
-        perm = torch.randperm(len(b.uids))  # the global RNG was seeded for this step before the rollout
+        perm = torch.randperm(len(b.uids))  # the global RNG was seeded for this step before its rollouts
         for m0 in range(0, len(perm), mini):
             mini_idx = perm[m0 : m0 + mini]
             actor_opt.zero_grad(set_to_none=True)
@@ -410,7 +435,7 @@ def _add(stats: dict[str, list[float]], key: str, value: float) -> None:
 def timer(timing: dict, key: str) -> Iterator[None]:
     t0 = time.perf_counter()
     yield
-    timing[key] = time.perf_counter() - t0
+    timing[key] = timing.get(key, 0.0) + time.perf_counter() - t0  # summed over a step's generation batches
 
 
 def save_merged(actor, tokenizer, out: Path) -> None:
@@ -436,6 +461,7 @@ class Logger:
         "actor/pg_clipfrac",
         "critic/vf_loss",
         "rollout/retrieval_failures",
+        "dynamic_sampling/gen_batches",
     )
 
     def __init__(self, cfg: PPOConfig, run_dir: Path, start_step: int):
@@ -508,7 +534,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.exit(2, f"{parser.prog}: error: invalid config: {config_error(exc)}\n")
     try:
         run_dir = train(cfg)
-    except RetrieverAuthError as exc:  # a configuration error: one line, not a traceback
+    except (RetrieverAuthError, NotEnoughGroups) as exc:  # one line, not a traceback
         parser.exit(1, f"{parser.prog}: error: {exc}\n")
     print(f"[ppo] run folder: {run_dir}", file=sys.stderr)
 
