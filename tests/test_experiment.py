@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from search_r1.config import load_config
+from search_r1.data.schema import read_parquet, uid_of
 from search_r1.experiment import ExperimentConfig, plan, run_experiment
 from search_r1.experiment.stages import Stage, marker
 from search_r1.experiment_report import GROUPS
@@ -82,10 +83,13 @@ def test_runner_in_miniature_produces_all_four_groups_and_the_table(tiny_model, 
             f"base_model={tiny_model}",
             "sft_overrides=[generate.max_questions=24,generate.n_samples=1,practice.worlds=1,llamafactory.max_steps=3,llamafactory.save_steps=3]",
             "rl_overrides=[trainer.total_training_steps=1,data.train_batch_size=2,actor_rollout_ref.rollout.n=2,actor_rollout_ref.actor.ppo_mini_batch_size=2]",
+            "rl_select=[max_questions=4,n=2,min_keep=1]",
             "eval_overrides=[max_examples=12]",
         ],
     )
-    assert cfg.unseen_world_seed is not None and not cfg.publish  # the quickstart's own unseen world
+    assert (
+        cfg.unseen_world_seed is not None and cfg.rl_world_seed is not None and not cfg.publish
+    )  # the quickstart's own unseen world
     published = {p: p.stat().st_mtime_ns for p in (REPO_ROOT / "docs" / "results").glob("*")}
     summary = run_experiment(cfg)
 
@@ -111,6 +115,15 @@ def test_runner_in_miniature_produces_all_four_groups_and_the_table(tiny_model, 
         ]
     )
     assert "paired EM difference" in (tmp_path / "results.md").read_text()
+    # each RL run trained on the RL world's questions its pre-pass kept, through that world's retriever
+    for name in ("rl_from_sft", "rl_from_base"):
+        selected = tmp_path / "seed0" / "ppo" / name / "select.parquet"
+        report = json.loads(selected.with_suffix(".pass_rates.json").read_text())
+        assert report["config"]["train_files"] == str(cfg.rl_world_dir / "train.parquet")
+        assert report["selected"] == len(read_parquet(selected)) >= 1
+        kept = {uid_of(row) for row in read_parquet(selected)}
+        steps = [json.loads(line) for line in (selected.parent / "metrics.jsonl").read_text().splitlines()]
+        assert steps and all(set(step["data/uids"]) <= kept for step in steps), name
     assert {p: p.stat().st_mtime_ns for p in (REPO_ROOT / "docs" / "results").glob("*")} == published
     for name in ("results.md", "results.json", "results.png"):
         assert (tmp_path / name).stat().st_size > 0

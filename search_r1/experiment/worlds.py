@@ -15,6 +15,17 @@ from search_r1.world.practice import PracticeWorldConfig
 PRACTICE_SPLITS = PracticeWorldConfig().split_fractions  # a practice world as SFT builds one
 
 
+def served_parts(cfg: ExperimentConfig) -> str:
+    """The index parts the experiment's retriever serves (``backend=`` of ``retriever_args``), built
+    the way SFT indexes its practice worlds, so a world indexed by either is reused by the other."""
+    from sft.practice import INDEX_PARTS
+
+    backend = next((a.split("=", 1)[1] for a in cfg.retriever_args if a.startswith("backend=")), "dense")
+    if backend not in INDEX_PARTS:
+        raise ValueError(f"counterfactual worlds need a dense, bm25 or hybrid retriever, not {backend!r}")
+    return ",".join(INDEX_PARTS[backend])
+
+
 def practice_world_stages(
     cfg: ExperimentConfig, name: str, seed: int, world: Path, fractions: list[float]
 ) -> list[Stage]:
@@ -32,7 +43,10 @@ def practice_world_stages(
         ),
         Stage(
             f"{name}_index",
-            [py, "scripts/build_index.py", f"corpus={world / 'corpus.jsonl'}", f"out_dir={world / 'index'}"],
+            [
+                py, "scripts/build_index.py", f"corpus={world / 'corpus.jsonl'}", f"out_dir={world / 'index'}",
+                f"backends=[{served_parts(cfg)}]",
+            ],
             always=True,
             inputs=[str(world / "corpus.jsonl")],
             outputs=[str(world / "index" / "manifest.json")],
