@@ -58,3 +58,16 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def toy_dir(tmp_path_factory) -> Path:
+    """A toy Qwen2 that greedily searches once, reads, then answers (tests/agent_fixtures.py); verl's
+    config checks load its config as they would a real model's."""
+    from agent_fixtures import toy_model, toy_tokenizer
+
+    tok = toy_tokenizer()
+    out = tmp_path_factory.mktemp("toy")
+    toy_model(tok).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out

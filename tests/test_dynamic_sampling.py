@@ -17,7 +17,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from agent_fixtures import toy_model, toy_tokenizer  # noqa: E402
 from sft_helpers import TitleRetriever  # noqa: E402
 
 from search_r1.agent.rollout import RolloutStats  # noqa: E402
@@ -213,16 +212,6 @@ def test_not_enough_groups_ends_the_run_with_exit_1_and_one_line(monkeypatch, ca
         trainer.main(["--config", str(GRPO), "algorithm.filter_groups.enable=true"])
     assert exc.value.code == 1
     assert capsys.readouterr().err.strip().endswith("error: step 3: dynamic sampling found 1 of 8 groups")
-
-
-@pytest.fixture(scope="module")
-def toy_dir(tmp_path_factory) -> Path:
-    """A toy Qwen2 for verl's config validation, which loads the model's config."""
-    tok = toy_tokenizer()
-    out = tmp_path_factory.mktemp("toy")
-    toy_model(tok).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
 
 
 @pytest.mark.parametrize("name", ["verl_ppo", "verl_grpo", "qwen2.5-3b_nq_ppo"])

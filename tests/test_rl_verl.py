@@ -13,7 +13,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from agent_fixtures import QUESTION, TOY_CFG, MemoryRetriever, toy_model, toy_tokenizer  # noqa: E402
+from agent_fixtures import QUESTION, TOY_CFG, MemoryRetriever, toy_tokenizer  # noqa: E402
 
 from search_r1.agent.engines.hf import HFEngine  # noqa: E402
 from search_r1.agent.protocol import INFO_OPEN, STOP_STRINGS  # noqa: E402
@@ -22,16 +22,6 @@ from search_r1.rl.verl_config import check, compose_config  # noqa: E402
 from search_r1.rl.verl_rehearsal import InProcessServerManager  # noqa: E402
 
 CONFIGS = ("verl_ppo", "verl_grpo", "qwen2.5-3b_nq_ppo")
-
-
-@pytest.fixture(scope="module")
-def toy_dir(tmp_path_factory) -> Path:
-    """A toy Qwen2 that greedily searches once, reads, then answers (tests/agent_fixtures.py)."""
-    tok = toy_tokenizer()
-    out = tmp_path_factory.mktemp("toy")
-    toy_model(tok).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
 
 
 def _toy_loop_config(
