@@ -1,7 +1,8 @@
 """The plan of a run: every stage's command, environment, inputs and outputs, and the services.
 
 A preset only chooses values; the stage list is the same at every scale. Stages of one seed: teacher
-trajectories, SFT, two RL runs (from the SFT model and from the base model), three evaluations.
+trajectories, SFT, two RL runs (from the SFT model and from the base model, each after an optional
+pass-rate pre-pass: ``rl_plan``), three evaluations, and three more on an unseen world (``worlds``).
 """
 
 from __future__ import annotations
