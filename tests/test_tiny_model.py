@@ -41,8 +41,8 @@ def test_reads_the_answer_out_of_retrieved_passages(skills):
 
 
 def test_answers_in_the_answer_format_and_never_searches(skills):
-    assert skills.answer_format >= 0.9, skills.answer_format
-    assert skills.searched == 0
+    assert skills.well_formed >= 0.9, skills.well_formed
+    assert skills.search_known == skills.search_unknown == 0
 
 
 def test_tokenizer_has_tags_as_single_tokens_and_chatml(tiny_model):

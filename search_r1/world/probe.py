@@ -3,7 +3,10 @@
     python -m search_r1.world.probe model=outputs/models/tiny-base
 
 * **closed book** — the world's questions with the experiment's prompt and no passages, split by
-  whether the subject is famous (memorised) or not: the gap is what makes searching worth learning;
+  whether the subject is famous (memorised) or not: the gap is what makes searching worth learning.
+  The same replies say how often the model starts with a search instead (its first turn only: the
+  probe has no retriever), famous subjects apart, since an instruct model searches what it does not
+  know;
 * **recall in a thought** — the famous subjects again, the reply started for the model as
   ``<think> Question: q Answer:``: the form in which the SFT teacher answers from memory
   (``sft.oracle``), so a fact the model knows is still usable once it thinks before answering;
@@ -11,7 +14,8 @@
   passage and retriever-like distractors in the prompt (``rag`` template): the copy skill that
   SFT builds on. Famous subjects are left out so memory cannot stand in for reading.
 
-Both are greedy EM (normalised exact match, as the reward), scored on the final ``<answer>``.
+All are greedy EM (normalised exact match, as the reward), scored on the final ``<answer>``; a reply
+that searches scores 0 in the closed-book EM.
 The tiny-model build records them in ``build_info.json``; ``tests/test_tiny_model.py`` checks them.
 """
 
@@ -28,7 +32,14 @@ from pathlib import Path
 from search_r1.agent.engines.base import SamplingParams
 from search_r1.agent.engines.hf import HFEngine
 from search_r1.agent.prompt import render_prompt
-from search_r1.agent.protocol import ANSWER_CLOSE, SEARCH_CLOSE, THINK_OPEN, final_answer, format_docs
+from search_r1.agent.protocol import (
+    ANSWER_CLOSE,
+    SEARCH_CLOSE,
+    THINK_OPEN,
+    final_answer,
+    format_docs,
+    parse_action,
+)
 from search_r1.config import entry_point, parse_config
 from search_r1.data.corpus import iter_corpus
 from search_r1.paths import MODELS_DIR, WORLD_DIR
@@ -51,8 +62,9 @@ class ProbeResult:
     closed_book_known: float  # EM, famous subjects, no passages
     closed_book_unknown: float  # EM, other subjects, no passages
     thought_recall: float  # EM, famous subjects, reply prefilled with "<think> Question: q Answer:"
-    answer_format: float  # share of closed-book replies that end in <answer> ... </answer>
-    searched: int  # closed-book replies that wrote a search tag (the base model never should)
+    well_formed: float  # share of closed-book replies whose first action is an answer or a search
+    search_known: float  # share of closed-book replies that search, famous subjects
+    search_unknown: float  # share of closed-book replies that search, other subjects
     reading: float  # EM, single-hop unknown subjects, passages in the prompt
     counts: dict[str, int]
 
@@ -87,6 +99,10 @@ def _em(pairs: list[tuple[str, str]], answer_of: Callable[[str], str | None] = f
     return sum(exact_match(answer_of(r), a) for r, a in pairs) / len(pairs) if pairs else float("nan")
 
 
+def _search_share(pairs: list[tuple[str, str]]) -> float:
+    return sum(parse_action(r).kind == "search" for r, _ in pairs) / len(pairs) if pairs else float("nan")
+
+
 def probe(cfg: ProbeConfig) -> ProbeResult:
     world = World(Path(cfg.world_dir))
     template = json.loads(world.manifest.read_text())["config"]["prompt_template"]
@@ -119,8 +135,9 @@ def probe(cfg: ProbeConfig) -> ProbeResult:
         closed_book_known=_em(known),
         closed_book_unknown=_em(unknown),
         thought_recall=_em([(r, q["answer"]) for r, q in zip(recalled, famous, strict=True)], _recalled),
-        answer_format=sum(final_answer(r) is not None for r in closed) / len(closed),
-        searched=sum("<search>" in r or "<information>" in r for r in closed),
+        well_formed=sum(parse_action(r).kind != "invalid" for r in closed) / len(closed),
+        search_known=_search_share(known),
+        search_unknown=_search_share(unknown),
         reading=_em([(r, q["answer"]) for r, q in zip(reading, readable, strict=True)]),
         counts={"known": len(known), "unknown": len(unknown), "reading": len(readable)},
     )
@@ -135,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
         f"(n={r.counts['known']}), unknown {r.closed_book_unknown:.3f} (n={r.counts['unknown']}); "
         f"recall in a thought {r.thought_recall:.3f}; "
         f"reading EM {r.reading:.3f} (n={r.counts['reading']}, {cfg.n_docs} passages); "
-        f"answer format {r.answer_format:.3f}"
+        f"well-formed {r.well_formed:.3f}; searches known {r.search_known:.3f}, unknown {r.search_unknown:.3f}"
     )
 
 

@@ -94,6 +94,20 @@ class TinyModelConfig:
         default=300,
         metadata={"help": "Wikipedia passages in the tokenizer's training text (the rest is world text)"},
     )
+    tool_demos: int = field(
+        default=0,
+        metadata={
+            "help": "tool-use demos per data epoch: the experiment's prompt over a counterfactual "
+            "question, answered by a guess or by one search and the answer read from its results"
+        },
+    )
+    tool_demo_search_share: dict[str, float] = field(
+        default_factory=dict,
+        metadata={
+            "help": "share of the tool-use demos that search instead of guessing, by single-hop "
+            "relation (questions.SINGLE_HOP; absent = never)"
+        },
+    )
     threads: int = field(default=0, metadata={"help": "torch threads (0 = all cores)"})
     force: bool = field(default=False, metadata={"help": "rebuild even if the cache key matches"})
 
@@ -114,14 +128,23 @@ def is_cached(cfg: TinyModelConfig) -> bool:
 
 def encode(ex: Example, tok: PreTrainedTokenizerFast) -> tuple[list[int], list[int]]:
     """Token ids and labels; chat examples train only the assistant reply, as generation sees it,
-    unless ``loss_on_prompt``; plain text with ``spans`` trains only the spans marked for it."""
+    unless ``loss_on_prompt``; ``spans`` (plain text, or a reply with an observation in it) train
+    only the pieces marked for it, each tokenised apart as the rollout tokenises turns."""
     if ex.spans:
         ids, labels = [], []
+        if ex.prompt is not None:
+            ids = list(
+                tok.apply_chat_template(
+                    ex.prompt, add_generation_prompt=True, tokenize=True, return_dict=False
+                )
+            )
+            labels = [IGNORE] * len(ids)
         for piece, trained in ex.spans:
             piece_ids = tok(piece, add_special_tokens=False)["input_ids"]
             ids += piece_ids
             labels += piece_ids if trained else [IGNORE] * len(piece_ids)
-        return ids + [tok.pad_token_id], labels + [tok.pad_token_id]
+        end = tok.pad_token_id if ex.prompt is None else tok.eos_token_id
+        return ids + [end], labels + [end]
     if ex.prompt is None:
         ids = tok(ex.target, add_special_tokens=False)["input_ids"] + [tok.pad_token_id]
         return ids, list(ids)
@@ -161,7 +184,11 @@ def _collate(items: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str,
 def tokenizer_texts(examples: list[Example], world: World, n_wiki: int) -> list[str]:
     """World text dominates, so entity names become single tokens (easy to memorise and to copy);
     a few Wikipedia passages give the common English sub-words."""
-    texts = [e.prompt[0]["content"] + "\n" + e.target for e in examples if e.prompt is not None]
+    texts = [
+        e.prompt[0]["content"] + "\n" + e.target
+        for e in examples
+        if e.prompt is not None and e.kind != "tool_demo"  # same tokenizer with or without demos
+    ]
     docs = list(iter_corpus(world.corpus))
     texts += [d.contents for d in docs if d.id.startswith("kb-")]
     texts += [d.contents for d in docs if not d.id.startswith("kb-")][:n_wiki]
@@ -190,6 +217,8 @@ def build_tiny_model(cfg: TinyModelConfig) -> Path:
         cfg.reading_docs,
         cfg.copy_drills,
         cfg.closed_book_drills,
+        tool_demos=cfg.tool_demos,
+        tool_demo_search_share=cfg.tool_demo_search_share,
     )
     passages = [e for e in examples if e.kind == "passage"]
     wiki_cut = [
@@ -200,7 +229,15 @@ def build_tiny_model(cfg: TinyModelConfig) -> Path:
     mix += [e for e in examples if e.kind == "closed_book"] * (cfg.closed_book_repeats - 1)
     counts = {
         k: sum(e.kind == k for e in mix)
-        for k in ("passage", "closed_book", "closed_book_drill", "reading", "reading_drill", "copy")
+        for k in (
+            "passage",
+            "closed_book",
+            "closed_book_drill",
+            "reading",
+            "reading_drill",
+            "copy",
+            "tool_demo",
+        )
     }
     print(f"[tiny-model] data epoch: {counts}")
 
