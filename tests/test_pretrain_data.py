@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from sft_helpers import build_tokenizer
 from transformers import AutoTokenizer
 
@@ -49,46 +50,50 @@ def test_closed_book_drills_state_known_facts_in_the_thought_form(world, tmp_pat
         assert trained == "".join(f" {line.split(' Answer: ')[1]}\n" for line in lines) + tok.pad_token
 
 
-SHARES = {r: 0.4 for r in ("capital", "country", "river", "founded", "occupation", "founder", "headquarters")}
+RELATIONS = ("founded", "founder", "headquarters")
 
 
 def test_tool_demos_use_the_eval_prompt_and_search_with_the_rollouts_tokens(world, tmp_path):
-    """A demo is the experiment's prompt over an unknown subject, answered by a guess or by one search
-    whose observation is exactly what the rollout appends (untrained), then the answer; about the
-    configured share searches, and adding demos leaves every other example as it was."""
+    """A demo is the experiment's prompt over an unknown subject, one search whose observation is
+    exactly what the rollout appends (untrained), then the answer read from it; only the configured
+    relations are asked, and adding demos leaves every other example as it was."""
     from search_r1.agent.prompt import render_prompt
     from search_r1.agent.protocol import INFO_CLOSE, INFO_OPEN, final_answer, parse_action
     from search_r1.rewards.format import is_valid_format
+    from search_r1.world.questions import SINGLE_HOP
 
     tok = AutoTokenizer.from_pretrained(build_tokenizer(world, tmp_path / "tok"))
     plain = build_examples(world, seed=0, reading_examples=50, copy_drills=5)
     examples = build_examples(
-        world, seed=0, reading_examples=50, copy_drills=5, tool_demos=400, tool_demo_search_share=SHARES
+        world, seed=0, reading_examples=50, copy_drills=5, tool_demos=300, tool_demo_relations=RELATIONS
     )
     assert [(e.prompt, e.target, e.spans) for e in examples[: len(plain)]] == [
         (e.prompt, e.target, e.spans) for e in plain
     ]
     demos = examples[len(plain) :]
-    assert len(demos) == 400 and {e.kind for e in demos} == {"tool_demo"}
+    assert len(demos) == 300 and {e.kind for e in demos} == {"tool_demo"}
     famous = set(json.loads(world.kb.read_text(encoding="utf-8"))["famous"])
-    searched = [e for e in demos if e.spans]
-    assert 0.15 <= len(searched) / len(demos) <= 0.28, len(searched)  # 0.215 in 2,000 demos
-    assert not any("born" in e.prompt[0]["content"] for e in searched)  # share 0 for a relation left out
+    wordings = [SINGLE_HOP[r].split("{}") for r in RELATIONS]
     for demo in demos:
         question = demo.prompt[0]["content"].split("Question: ")[1]
         assert demo.prompt == render_prompt(question, "compact")
+        assert any(question.startswith(a) and question.endswith(b) for a, b in wordings), question
         assert not any(name in question for name in famous)
         ids, labels = encode(demo, tok)
-        trained = tok.decode([t for t in labels if t != IGNORE])
-        assert trained.endswith(tok.eos_token)
-        if not demo.spans:
-            assert trained == demo.target + tok.eos_token and final_answer(demo.target)
-            continue
+        assert tok.decode(ids).endswith(demo.target + tok.eos_token)
         first = parse_action(demo.spans[0][0])
         assert first.kind == "search" and first.content in question
         observation = demo.spans[1][0]
         assert observation.strip().startswith(INFO_OPEN) and observation.strip().endswith(INFO_CLOSE)
         assert f"(Title: {first.content})" in observation  # the subject's passage was retrieved
-        assert INFO_OPEN not in trained and "Doc 1" not in trained  # the observation is not a target
+        trained = tok.decode([t for t in labels if t != IGNORE])
+        assert trained == demo.spans[0][0] + demo.spans[2][0] + tok.eos_token  # not the observation
         answer = final_answer(demo.target)
         assert answer and answer in observation and is_valid_format(demo.target)
+
+
+def test_tool_demos_name_real_relations(world):
+    with pytest.raises(ValueError, match="single-hop relations"):
+        build_examples(
+            world, seed=0, reading_examples=0, copy_drills=0, tool_demos=5, tool_demo_relations=["age"]
+        )

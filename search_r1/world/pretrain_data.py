@@ -25,14 +25,14 @@ Kinds of example, chosen so the four experiment groups mean something at toy sca
   reaches 0.58 by step 3,000 when trained alone).
 
 * **tool-use demos** (optional) — the experiment's own prompt over a counterfactual single-hop
-  question, answered either by a direct guess (``<answer> X </answer>``, as a closed-book question)
-  or by one search, the passages a retriever would return as the observation (not trained) and a
-  short thought before the answer. Which one a question gets is drawn with a probability set per
-  relation, so the model learns to search *sometimes* on subjects it does not know, more for some
-  kinds of question than others, as an instruct model that has seen tool use does; that is the
-  behaviour RL alone can reinforce. The
-  thoughts are generic on purpose: restating the question (``recall``) is the SFT teacher's cue,
-  and multi-hop searching is left to SFT and RL too.
+  question of a few relations, answered by one search, the passages a retriever would return as the
+  observation (not trained) and a short thought before the answer. The model learns to search on
+  subjects it does not know for those kinds of question, and only sometimes for the others, as an
+  instruct model that has seen some tool use does: that is the behaviour RL alone can reinforce.
+  There is no demo that guesses instead: a closed-book guess on the experiment's prompt teaches that
+  answers there are noise, and the memorised facts fade (measured). The thoughts are generic on
+  purpose: restating the question (``recall``) is the SFT teacher's cue, and multi-hop searching
+  is left to SFT and RL too.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ from search_r1.agent.protocol import (
 from search_r1.data.corpus import Doc, iter_corpus, make_contents
 from search_r1.world.build import World
 from search_r1.world.kb import name_pools, recast_kb
-from search_r1.world.questions import WorldQuestion, generate_questions
+from search_r1.world.questions import SINGLE_HOP, WorldQuestion, generate_questions
 
 
 @dataclass
@@ -149,25 +149,18 @@ _AFTER_SEARCH = ("I found it.", "The results have it.", "Now I know.")
 
 
 def tool_demo(
-    q: WorldQuestion,
-    docs: dict[str, Doc],
-    template: str,
-    n_docs: int,
-    search_share: dict[str, float],
-    rng: random.Random,
+    q: WorldQuestion, docs: dict[str, Doc], template: str, n_docs: int, rng: random.Random
 ) -> Example:
-    """The experiment's prompt over ``q`` (single hop), answered by a guess or, with probability
-    ``search_share[relation]``, by a search, its observation (untrained, tokenised apart as the
-    rollout appends it) and the answer read from it."""
-    prompt = render_prompt(q.question, template)
-    if rng.random() >= search_share.get(q.relation, 0.0):
-        return Example(prompt, answer_text(q.answer), "tool_demo")
+    """The experiment's prompt over ``q`` (single hop) answered by a search, its observation
+    (untrained, tokenised apart as the rollout appends it) and the answer read from it."""
     support = [docs[d] for d in q.support]
     shown = shown_docs(support, q.entities, list(docs.values()), n_docs, rng)
     search = f"{THINK_OPEN} {rng.choice(_BEFORE_SEARCH)} {THINK_CLOSE}\n{SEARCH_OPEN} {q.queries[0]} {SEARCH_CLOSE}"
     answer = f"{THINK_OPEN} {rng.choice(_AFTER_SEARCH)} {THINK_CLOSE}\n{answer_text(q.answer)}"
     spans = ((search, True), (wrap_observation(format_docs(shown)), False), (answer, True))
-    return Example(prompt, "".join(p for p, _ in spans), "tool_demo", spans=spans)
+    return Example(
+        render_prompt(q.question, template), search + spans[1][0] + answer, "tool_demo", spans=spans
+    )
 
 
 def build_examples(
@@ -180,14 +173,14 @@ def build_examples(
     closed_book_drills: int = 0,
     facts_per_drill: int = 8,
     tool_demos: int = 0,
-    tool_demo_search_share: dict[str, float] | None = None,
+    tool_demo_relations: Sequence[str] = (),
 ) -> list[Example]:
     """One data epoch: every passage, every known fact once, ``reading_examples`` fresh reading
     questions with 1 to ``max_docs`` passages each (mostly the full ``max_docs``, as retrieval gives),
     ``reading_drills`` multi-question reading texts, ``copy_drills`` name-list repetitions,
     ``closed_book_drills`` texts of ``facts_per_drill`` known facts each and ``tool_demos`` tool-use
-    demos searching with ``tool_demo_search_share`` by relation (0 if absent), on their own random
-    streams so the other kinds do not change with them."""
+    demos over questions of ``tool_demo_relations``, on their own random streams so the other kinds
+    do not change with them."""
     rng = random.Random(seed)
     kb = json.loads(world.kb.read_text(encoding="utf-8"))
     famous = set(kb["famous"])
@@ -222,12 +215,18 @@ def build_examples(
         drill(qa_spans(rng.sample(known, min(facts_per_drill, len(known)))), "closed_book_drill")
         for _ in range(closed_book_drills)
     ]
-    search_share = tool_demo_search_share or {}
+    if tool_demos and (not tool_demo_relations or set(tool_demo_relations) - set(SINGLE_HOP)):
+        raise ValueError(
+            f"tool_demo_relations {list(tool_demo_relations)} must name single-hop relations: {sorted(SINGLE_HOP)}"
+        )
     demo_rng = random.Random(seed + 104729)
     demo_kbs = counterfactual_kbs(kb, random.Random(seed + 104723))
     demos: list[Example] = []
     while len(demos) < tool_demos:
         docs, practice_qs = next(demo_kbs)
-        single = [q for q in practice_qs if q.hops == 1][: min(per_kb, tool_demos - len(demos))]
-        demos += [tool_demo(q, docs, template, max_docs, search_share, demo_rng) for q in single]
+        asked = [q for q in practice_qs if q.hops == 1 and q.relation in tool_demo_relations]
+        demos += [
+            tool_demo(q, docs, template, max_docs, demo_rng)
+            for q in asked[: min(per_kb, tool_demos - len(demos))]
+        ]
     return examples + demos

@@ -98,15 +98,12 @@ class TinyModelConfig:
         default=0,
         metadata={
             "help": "tool-use demos per data epoch: the experiment's prompt over a counterfactual "
-            "question, answered by a guess or by one search and the answer read from its results"
+            "question, answered by one search and the answer read from its results"
         },
     )
-    tool_demo_search_share: dict[str, float] = field(
-        default_factory=dict,
-        metadata={
-            "help": "share of the tool-use demos that search instead of guessing, by single-hop "
-            "relation (questions.SINGLE_HOP; absent = never)"
-        },
+    tool_demo_relations: list[str] = field(
+        default_factory=list,
+        metadata={"help": "single-hop relations the tool-use demos ask about (questions.SINGLE_HOP)"},
     )
     threads: int = field(default=0, metadata={"help": "torch threads (0 = all cores)"})
     force: bool = field(default=False, metadata={"help": "rebuild even if the cache key matches"})
@@ -218,7 +215,7 @@ def build_tiny_model(cfg: TinyModelConfig) -> Path:
         cfg.copy_drills,
         cfg.closed_book_drills,
         tool_demos=cfg.tool_demos,
-        tool_demo_search_share=cfg.tool_demo_search_share,
+        tool_demo_relations=cfg.tool_demo_relations,
     )
     passages = [e for e in examples if e.kind == "passage"]
     wiki_cut = [
