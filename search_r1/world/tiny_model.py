@@ -4,8 +4,8 @@
 
 It writes fluent world text, answers in ``<answer>`` format, knows the famous entities' facts by
 heart and is trained to read passages in its prompt (``python -m search_r1.world.probe`` measures
-both), but has never seen the search protocol (see ``pretrain_data``). Training runs in up to three
-phases — copy drills alone, reading drills alone (``drill_steps``), then the whole mix — because
+both), but has never seen the search protocol unless ``tool_demos`` is on (see ``pretrain_data``).
+Training runs in up to three phases — copy drills alone, reading drills alone (``drill_steps``), then the whole mix — because
 each skill forms only when it is trained alone first (``docs/benchmarks.md``, "learning to read").
 The result is cached: a rebuild happens only when the world or this config changes
 (``build_info.json`` holds the key, the loss curve, the time taken and the probe's numbers), and the
@@ -127,30 +127,25 @@ def encode(ex: Example, tok: PreTrainedTokenizerFast) -> tuple[list[int], list[i
     """Token ids and labels; chat examples train only the assistant reply, as generation sees it,
     unless ``loss_on_prompt``; ``spans`` (plain text, or a reply with an observation in it) train
     only the pieces marked for it, each tokenised apart as the rollout tokenises turns."""
-    if ex.spans:
-        ids, labels = [], []
-        if ex.prompt is not None:
-            ids = list(
-                tok.apply_chat_template(
-                    ex.prompt, add_generation_prompt=True, tokenize=True, return_dict=False
-                )
-            )
-            labels = [IGNORE] * len(ids)
-        for piece, trained in ex.spans:
-            piece_ids = tok(piece, add_special_tokens=False)["input_ids"]
-            ids += piece_ids
-            labels += piece_ids if trained else [IGNORE] * len(piece_ids)
-        end = tok.pad_token_id if ex.prompt is None else tok.eos_token_id
-        return ids + [end], labels + [end]
-    if ex.prompt is None:
+    if ex.prompt is None and not ex.spans:
         ids = tok(ex.target, add_special_tokens=False)["input_ids"] + [tok.pad_token_id]
         return ids, list(ids)
-    prompt_ids = tok.apply_chat_template(
-        ex.prompt, add_generation_prompt=True, tokenize=True, return_dict=False
-    )
-    reply = tok(ex.target, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-    ids = list(prompt_ids) + reply
-    return ids, list(ids) if ex.loss_on_prompt else [IGNORE] * len(prompt_ids) + reply
+    prompt_ids = []
+    if ex.prompt is not None:
+        prompt_ids = list(
+            tok.apply_chat_template(ex.prompt, add_generation_prompt=True, tokenize=True, return_dict=False)
+        )
+    end = tok.pad_token_id if ex.prompt is None else tok.eos_token_id
+    if not ex.spans:
+        reply = tok(ex.target, add_special_tokens=False)["input_ids"] + [end]
+        ids = prompt_ids + reply
+        return ids, list(ids) if ex.loss_on_prompt else [IGNORE] * len(prompt_ids) + reply
+    ids, labels = list(prompt_ids), [IGNORE] * len(prompt_ids)
+    for piece, trained in ex.spans:
+        piece_ids = tok(piece, add_special_tokens=False)["input_ids"]
+        ids += piece_ids
+        labels += piece_ids if trained else [IGNORE] * len(piece_ids)
+    return ids + [end], labels + [end]
 
 
 def _batches(data: list[tuple[list[int], list[int]]], batch_size: int, rng: random.Random):
