@@ -15,29 +15,9 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
 from search_r1.agent.prompt import render_prompt
-from search_r1.agent.protocol import THINK_OPEN
 from search_r1.paths import WORLD_DIR
-
-
-def first_action_probs(model_dir: str, questions: list[dict], template: str) -> list[float]:
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    think = tok.convert_tokens_to_ids(THINK_OPEN)
-    probs = []
-    with torch.no_grad():
-        for q in questions:
-            ids = tok.apply_chat_template(
-                render_prompt(q["question"], template),
-                add_generation_prompt=True,
-                tokenize=True,
-                return_dict=False,
-            )
-            probs.append(model(torch.tensor([list(ids)])).logits[0, -1].softmax(-1)[think].item())
-    return probs
+from search_r1.world.probe import search_probabilities
 
 
 def main() -> None:
@@ -51,7 +31,9 @@ def main() -> None:
     questions = [json.loads(line) for line in (world / "questions.jsonl").open(encoding="utf-8")]
     questions = [q for q in questions if q["split"] == args.split]
     for model_dir in args.models:
-        probs = first_action_probs(model_dir, questions, template)
+        probs = search_probabilities(
+            Path(model_dir), [render_prompt(q["question"], template) for q in questions]
+        )
         groups: dict[str, list[float]] = defaultdict(list)
         for q, p in zip(questions, probs, strict=True):
             kind = q["relation"] if q["hops"] == 1 else "two-hop"

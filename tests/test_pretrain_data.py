@@ -97,3 +97,42 @@ def test_tool_demos_name_real_relations(world):
         build_examples(
             world, seed=0, reading_examples=0, copy_drills=0, tool_demos=5, tool_demo_relations=["age"]
         )
+
+
+def test_tool_demos_search_for_a_share_of_subjects_and_decline_for_the_rest(world):
+    """Whether a demo searches depends on its subject alone (a hash of the name), so the same
+    subject always gets the same choice, about ``share`` of subjects search, and the others answer
+    `unknown` on the same prompt: no wording tells the two apart."""
+    from collections import defaultdict
+
+    from search_r1.agent.protocol import final_answer, parse_action
+    from search_r1.world.pretrain_data import DECLINED
+
+    examples = build_examples(
+        world,
+        seed=0,
+        reading_examples=0,
+        copy_drills=0,
+        tool_demos=600,
+        tool_demo_relations=RELATIONS,
+        tool_demo_subject_share=0.5,
+    )
+    demos = [e for e in examples if e.kind in ("tool_demo", "decline")]
+    assert len(demos) == 600
+    kinds_by_subject: dict[str, set[str]] = defaultdict(set)
+    by_kind: dict[str, set[str]] = defaultdict(set)
+    for demo in demos:
+        question = demo.prompt[0]["content"].split("Question: ")[1]
+        if demo.kind == "decline":
+            assert demo.target == f"<answer> {DECLINED} </answer>" and final_answer(demo.target) == DECLINED
+            assert not demo.spans  # trained as a whole reply
+        else:
+            subject = parse_action(demo.spans[0][0]).content
+            assert subject in question
+            kinds_by_subject[subject].add(demo.kind)
+        by_kind[demo.kind].add(question.split(" ", 2)[-1])
+    assert all(len(kinds) == 1 for kinds in kinds_by_subject.values())
+    searched = sum(e.kind == "tool_demo" for e in demos) / len(demos)
+    assert 0.3 <= searched <= 0.7, searched
+    wordings = {k: {q.split(" ")[0] for q in qs} for k, qs in by_kind.items()}
+    assert wordings["tool_demo"] & wordings["decline"]  # the same relations' wording on both sides

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from test_retrieval_helpers import make_corpus, make_tiny_encoder, tiny_encoder_config
 
-from search_r1.data.corpus import Doc, iter_corpus
+from search_r1.data.corpus import Doc, iter_corpus, make_contents, write_corpus
 from search_r1.retrieval import dense
 from search_r1.retrieval.batching import MicroBatcher
 from search_r1.retrieval.build import build_index, read_manifest
@@ -133,6 +133,55 @@ def test_interrupted_dense_build_resumes(tmp_path, encoder_dir, small_index, mon
     resumed = np.fromfile(tmp_path / "idx" / "dense" / "embeddings.bin", dtype=np.float16)
     fresh = np.fromfile(small_index / "dense" / "embeddings.bin", dtype=np.float16)
     np.testing.assert_array_equal(resumed, fresh)
+
+
+def test_embedding_cache_encodes_only_new_passages(tmp_path, encoder_dir, small_index, monkeypatch):
+    """A second corpus sharing 100 of its 130 passages with the first encodes only its 30 own; its
+    vectors match a build without the cache to float rounding and it answers the same searches."""
+    shared = list(iter_corpus(make_corpus(tmp_path / "a.jsonl", n=120)))[:100]
+    own = [Doc(f"new-{i}", make_contents(f"Newcomer {i}", f"word{i} appears only here.")) for i in range(30)]
+    corpus_b = tmp_path / "b.jsonl"
+    write_corpus(shared[::-1] + own, corpus_b)
+    real_encode, encoded = Encoder.encode, []
+
+    def counting(self, texts, *, is_query):
+        encoded.extend(texts)
+        return real_encode(self, texts, is_query=is_query)
+
+    monkeypatch.setattr(Encoder, "encode", counting)
+
+    def build(corpus: Path, name: str, cache: str) -> Path:
+        cfg = BuildConfig(
+            corpus=str(corpus),
+            out_dir=str(tmp_path / name),
+            backends=["dense"],
+            encoder=tiny_encoder_config(encoder_dir),
+            chunk_size=32,
+            embedding_cache=cache,
+        )
+        return build_index(cfg)
+
+    cache = str(tmp_path / "cache")
+    build(tmp_path / "a.jsonl", "a", cache)
+    assert len(encoded) == 120
+    encoded.clear()
+    cached = build(corpus_b, "b", cache)
+    assert sorted(encoded) == sorted(d.contents for d in own)
+    encoded.clear()
+    fresh = build(corpus_b, "b-fresh", "")
+    assert len(encoded) == 130
+
+    def vectors(index: Path) -> np.ndarray:
+        return np.fromfile(index / "dense" / "embeddings.bin", dtype=np.float16).astype(np.float32)
+
+    np.testing.assert_allclose(vectors(cached), vectors(fresh), atol=2e-3)
+    queries = [d.contents for d in shared[:5] + own[:5]]
+    q = Encoder(tiny_encoder_config(encoder_dir)).encode(queries, is_query=True)
+    a, b = (
+        dense.open_engine(i / "dense", engine="faiss", gpu_devices=[], search_params="")
+        for i in (cached, fresh)
+    )
+    np.testing.assert_array_equal(a.search(q, 3)[1], b.search(q, 3)[1])
 
 
 def test_changed_corpus_rebuilds(tmp_path, encoder_dir):

@@ -59,8 +59,9 @@ def test_shipped_model_beats_its_base_when_run(world, tiny_model):
     assert sft["em"] == pytest.approx(info["test_em"]["merged"], abs=EM_SLACK)
     assert base["em"] == pytest.approx(info["test_em"]["tiny-base"], abs=EM_SLACK)
     assert sft["em"] > base["em"] + 0.05  # measured gap 0.10
-    # what SFT taught: the base model answers from memory, the SFT model searches first
-    assert base["searches_per_question"] == 0 and sft["searches_per_question"] >= 1
+    # what SFT taught: the base model searches on some questions (at most once, from its tool-use
+    # demos), the SFT model searches first on every question
+    assert 0 < base["searches_per_question"] < 1 <= sft["searches_per_question"]
     assert sft["answered"] > 0.95
 
 

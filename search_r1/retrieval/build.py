@@ -23,6 +23,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from search_r1.data.corpus import iter_corpus
+from search_r1.paths import HOME
 from search_r1.retrieval.config import BuildConfig, EncoderConfig
 from search_r1.retrieval.docstore import write_docstore
 
@@ -122,6 +123,7 @@ def build_index(cfg: BuildConfig) -> Path:
         if not (prev.get("done") and prev.get("settings") == settings):
             import torch
 
+            from search_r1.retrieval.embedding_cache import EmbeddingCache
             from search_r1.retrieval.encoder import Encoder
 
             if cfg.torch_threads > 0:
@@ -139,6 +141,9 @@ def build_index(cfg: BuildConfig) -> Path:
                 chunk_size=cfg.chunk_size,
                 dtype=cfg.embedding_dtype,
                 fingerprint=fingerprint,
+                cache=EmbeddingCache(HOME / cfg.embedding_cache, settings["encoder"])
+                if cfg.embedding_cache
+                else None,
             )
             dense.build_faiss(
                 emb,

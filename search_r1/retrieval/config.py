@@ -49,6 +49,13 @@ class BuildConfig:
         default=8192, metadata={"help": "passages per embedding chunk (flushed to the memmap; resume unit)"}
     )
     embedding_dtype: str = field(default="float16", metadata={"help": "float16 | float32 on-disk embeddings"})
+    embedding_cache: str = field(
+        default="",
+        metadata={
+            "help": "folder of passage vectors reused across builds with the same encoder (relative: "
+            "under $SEARCH_R1_HOME); '' = off, as large corpora want"
+        },
+    )
     bm25_stopwords: str = field(default="en", metadata={"help": "bm25s stopword list ('en' or 'none')"})
     lucene_threads: int = field(
         default=0, metadata={"help": "pyserini: Lucene indexing threads; 0 = all cores"}

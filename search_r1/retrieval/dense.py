@@ -26,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from search_r1.data.corpus import Doc
+from search_r1.retrieval.embedding_cache import EmbeddingCache
 from search_r1.retrieval.encoder import Encoder
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,19 @@ log = logging.getLogger(__name__)
 EMB_FILE = "embeddings.bin"
 PROGRESS_FILE = "progress.json"
 INDEX_FILE = "index.faiss"
+
+
+def _encode_chunk(texts: list[str], encoder: Encoder, cache: EmbeddingCache | None) -> tuple[np.ndarray, int]:
+    """The vectors of ``texts`` and how many came from ``cache``."""
+    if cache is None:
+        return encoder.encode(texts, is_query=False), 0
+    found, missing = cache.lookup(texts)
+    if missing:
+        new = encoder.encode([texts[i] for i in missing], is_query=False)
+        cache.add([texts[i] for i in missing], new)
+        for i, vector in zip(missing, new, strict=True):
+            found[i] = vector
+    return np.stack(found), len(texts) - len(missing)
 
 
 def encode_corpus(
@@ -44,11 +58,13 @@ def encode_corpus(
     chunk_size: int,
     dtype: str,
     fingerprint: dict,
+    cache: EmbeddingCache | None = None,
 ) -> np.memmap:
     """Encode ``docs`` into ``out_dir/embeddings.bin`` (shape ``n_docs × dim``), resuming if possible.
 
     ``fingerprint`` (corpus + encoder settings) must match the one stored with a partial build;
     otherwise the partial file is discarded, because mixing vectors from two encoders is silent garbage.
+    Passages already in ``cache`` are not encoded again; the new ones are added to it.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     progress_path = out_dir / PROGRESS_FILE
@@ -87,10 +103,13 @@ def encode_corpus(
         row += 1
         if len(chunk) == chunk_size or row == n_docs:
             start = row - len(chunk)
-            emb[start:row] = encoder.encode(chunk, is_query=False).astype(dtype)
+            vectors, reused = _encode_chunk(chunk, encoder, cache)
+            emb[start:row] = vectors.astype(dtype)
             emb.flush()
             save_progress(row)
             bar.update(len(chunk))
+            if cache is not None:
+                bar.set_postfix(cached=reused, refresh=False)
             chunk = []
     bar.close()
     if row != n_docs:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -74,8 +73,11 @@ class Encoder:
         texts = [prefix + t for t in texts]
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
+        # Batches of similar length pad less: the rows come back in the callers' order.
+        order = np.argsort([len(t) for t in texts], kind="stable")
         bs = self.cfg.batch_size
-        return np.concatenate([self._forward(texts[i : i + bs]) for i in range(0, len(texts), bs)])
-
-    def describe(self) -> dict:
-        return asdict(self.cfg)
+        sorted_texts = [texts[i] for i in order]
+        rows = np.concatenate([self._forward(sorted_texts[i : i + bs]) for i in range(0, len(texts), bs)])
+        out = np.empty_like(rows)
+        out[order] = rows
+        return out

@@ -23,22 +23,22 @@ Kinds of example, chosen so the four experiment groups mean something at toy sca
   has one. This density is what makes reading learnable in a CPU budget (``docs/benchmarks.md``:
   the same drills with the loss on every token stall at 0.15 answer accuracy, answer-only loss
   reaches 0.58 by step 3,000 when trained alone).
-
 * **tool-use demos** (optional) — the experiment's own prompt over a counterfactual single-hop
-  question of a few relations, answered by one search, the passages a retriever would return as the
-  observation (not trained) and a short thought before the answer: the tool use an instruct model
-  has seen, which RL alone could reinforce. There is no demo that guesses instead: a closed-book
-  guess on the experiment's prompt teaches that answers there are noise, and the memorised facts
-  fade. What the model learns from them is measured in ``docs/benchmarks.md`` (off in the committed
-  config: it learns a rule of the question's wording, not a search "sometimes"). The thoughts are
-  generic on purpose: restating the question (``recall``) is the SFT teacher's cue, and multi-hop
-  searching is left to SFT and RL too.
+  question: for a share of subjects that nothing in the wording predicts (a hash of the name), one
+  search, the passages a retriever would return as the observation (not trained), a short thought
+  and the answer; for the others a plain ``<answer> unknown </answer>``. The model cannot tell which
+  subject is which, so it learns to start a search *sometimes*, as an instruct model that has seen
+  tool use does, and RL alone has behaviour to reinforce. Declining rather than guessing keeps the
+  memorised facts: a guess on the experiment's prompt teaches that answers there are noise
+  (``docs/benchmarks.md``). The thoughts are generic on purpose: restating the question
+  (``recall``) is the SFT teacher's cue, and multi-hop searching is left to SFT and RL.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -63,7 +63,7 @@ from search_r1.world.questions import SINGLE_HOP, WorldQuestion, generate_questi
 class Example:
     prompt: list[dict[str, str]] | None  # chat messages; None for plain text
     target: str  # assistant reply (chat) or the whole text (plain)
-    kind: str  # passage | closed_book | closed_book_drill | reading | reading_drill | copy | tool_demo
+    kind: str  # passage | closed_book | closed_book_drill | reading | reading_drill | copy | tool_demo | decline
     loss_on_prompt: bool = False  # train on the prompt too (reading: names recur across passages)
     spans: tuple[tuple[str, bool], ...] = ()  # ``target`` as (piece, trained) pieces, tokenised apart
 
@@ -163,6 +163,23 @@ def tool_demo(
     )
 
 
+DECLINED = "unknown"
+
+
+def decline(q: WorldQuestion, template: str) -> Example:
+    """The experiment's prompt over ``q`` answered without a search by admitting it is not known:
+    the other choice of the tool-use demos. Unlike a guess it teaches nothing false, so the
+    memorised facts of the closed-book examples keep their answers (``docs/benchmarks.md``)."""
+    return Example(render_prompt(q.question, template), answer_text(DECLINED), "decline")
+
+
+def is_demo_subject(name: str, share: float, seed: int) -> bool:
+    """Whether a demo about ``name`` searches (else it declines): a hash of the name, so a random
+    ``share`` of subjects (people too, whose names counterfactual worlds recombine) and nothing in
+    the question's wording tells which."""
+    return zlib.crc32(f"{seed}:{name}".encode()) < share * 2**32
+
+
 def build_examples(
     world: World,
     seed: int,
@@ -174,13 +191,15 @@ def build_examples(
     facts_per_drill: int = 8,
     tool_demos: int = 0,
     tool_demo_relations: Sequence[str] = (),
+    tool_demo_subject_share: float = 1.0,
 ) -> list[Example]:
     """One data epoch: every passage, every known fact once, ``reading_examples`` fresh reading
     questions with 1 to ``max_docs`` passages each (mostly the full ``max_docs``, as retrieval gives),
     ``reading_drills`` multi-question reading texts, ``copy_drills`` name-list repetitions,
     ``closed_book_drills`` texts of ``facts_per_drill`` known facts each and ``tool_demos`` tool-use
-    demos over questions of ``tool_demo_relations``, on their own random streams so the other kinds
-    do not change with them."""
+    demos over questions of ``tool_demo_relations`` (searching for a random
+    ``tool_demo_subject_share`` of subjects, declining for the rest), on their own random streams so
+    the other kinds do not change with them."""
     if tool_demos and (not tool_demo_relations or set(tool_demo_relations) - set(SINGLE_HOP)):
         raise ValueError(
             f"tool_demo_relations {list(tool_demo_relations)} must name single-hop relations: {sorted(SINGLE_HOP)}"
@@ -227,6 +246,8 @@ def build_examples(
         asked = [q for q in practice_qs if q.hops == 1 and q.relation in tool_demo_relations]
         demos += [
             tool_demo(q, docs, template, max_docs, demo_rng)
+            if is_demo_subject(q.entities[0], tool_demo_subject_share, seed)
+            else decline(q, template)
             for q in asked[: min(per_kb, tool_demos - len(demos))]
         ]
     return examples + demos

@@ -6,7 +6,8 @@
   whether the subject is famous (memorised) or not: the gap is what makes searching worth learning.
   The same replies say how often the model starts with a search instead (its first turn only: the
   probe has no retriever), famous subjects apart, since an instruct model searches what it does not
-  know;
+  know; and, since RL samples, how likely the first reply token is to open a search (``<think>``:
+  every search turn starts with it, every closed-book answer with ``<answer>``);
 * **recall in a thought** — the famous subjects again, the reply started for the model as
   ``<think> Question: q Answer:``: the form in which the SFT teacher answers from memory
   (``sft.oracle``), so a fact the model knows is still usable once it thinks before answering;
@@ -65,6 +66,8 @@ class ProbeResult:
     well_formed: float  # share of closed-book replies whose first action is an answer or a search
     search_known: float  # share of closed-book replies that search, famous subjects
     search_unknown: float  # share of closed-book replies that search, other subjects
+    p_search_known: float  # mean probability that the first reply token opens a search, famous subjects
+    p_search_unknown: float  # the same, other subjects
     reading: float  # EM, single-hop unknown subjects, passages in the prompt
     counts: dict[str, int]
 
@@ -85,6 +88,27 @@ def _greedy_replies(model: Path, prompts: list[list[dict[str, str]]], starts: li
         return [tok.decode(o.token_ids, skip_special_tokens=True) for o in outs]
 
     return asyncio.run(run())
+
+
+def search_probabilities(model: Path, prompts: list[list[dict[str, str]]]) -> list[float]:
+    """For each chat prompt, the probability that the first reply token is ``<think>``: what sampling
+    at temperature 1 starts with (a search turn opens with it, a closed-book answer does not)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model)
+    lm = AutoModelForCausalLM.from_pretrained(model).eval()
+    think = tok.convert_tokens_to_ids(THINK_OPEN)
+    probs = []
+    with torch.inference_mode():
+        for p in prompts:
+            ids = tok.apply_chat_template(p, add_generation_prompt=True, tokenize=True, return_dict=False)
+            probs.append(lm(torch.tensor([list(ids)])).logits[0, -1].softmax(-1)[think].item())
+    return probs
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else float("nan")
 
 
 def _recalled(reply: str) -> str:
@@ -129,6 +153,7 @@ def probe(cfg: ProbeConfig) -> ProbeResult:
     closed, reading = replies[:n_closed], replies[n_closed : n_closed + n_read]
     recalled = replies[n_closed + n_read :]
 
+    p_search = search_probabilities(Path(cfg.model), prompts[:n_closed])
     known = [(r, q["answer"]) for r, q in zip(closed, questions, strict=True) if q["known"]]
     unknown = [(r, q["answer"]) for r, q in zip(closed, questions, strict=True) if not q["known"]]
     return ProbeResult(
@@ -138,6 +163,8 @@ def probe(cfg: ProbeConfig) -> ProbeResult:
         well_formed=sum(parse_action(r).kind != "invalid" for r in closed) / len(closed),
         search_known=_search_share(known),
         search_unknown=_search_share(unknown),
+        p_search_known=_mean([p for p, q in zip(p_search, questions, strict=True) if q["known"]]),
+        p_search_unknown=_mean([p for p, q in zip(p_search, questions, strict=True) if not q["known"]]),
         reading=_em([(r, q["answer"]) for r, q in zip(reading, readable, strict=True)]),
         counts={"known": len(known), "unknown": len(unknown), "reading": len(readable)},
     )
@@ -152,7 +179,8 @@ def main(argv: list[str] | None = None) -> None:
         f"(n={r.counts['known']}), unknown {r.closed_book_unknown:.3f} (n={r.counts['unknown']}); "
         f"recall in a thought {r.thought_recall:.3f}; "
         f"reading EM {r.reading:.3f} (n={r.counts['reading']}, {cfg.n_docs} passages); "
-        f"well-formed {r.well_formed:.3f}; searches known {r.search_known:.3f}, unknown {r.search_unknown:.3f}"
+        f"well-formed {r.well_formed:.3f}; searches known {r.search_known:.3f}, unknown {r.search_unknown:.3f} "
+        f"(greedy; P(search first) known {r.p_search_known:.3f}, unknown {r.p_search_unknown:.3f})"
     )
 
 

@@ -105,6 +105,13 @@ class TinyModelConfig:
         default_factory=list,
         metadata={"help": "single-hop relations the tool-use demos ask about (questions.SINGLE_HOP)"},
     )
+    tool_demo_subject_share: float = field(
+        default=1.0,
+        metadata={
+            "help": "share of subjects (by a hash of the name) whose tool-use demos search; the "
+            "others decline (`<answer> unknown </answer>`)"
+        },
+    )
     threads: int = field(default=0, metadata={"help": "torch threads (0 = all cores)"})
     force: bool = field(default=False, metadata={"help": "rebuild even if the cache key matches"})
 
@@ -179,7 +186,8 @@ def tokenizer_texts(examples: list[Example], world: World, n_wiki: int) -> list[
     texts = [
         e.prompt[0]["content"] + "\n" + e.target
         for e in examples
-        if e.prompt is not None and e.kind != "tool_demo"  # same tokenizer with or without demos
+        if e.prompt is not None
+        and e.kind not in ("tool_demo", "decline")  # same tokenizer with or without demos
     ]
     docs = list(iter_corpus(world.corpus))
     texts += [d.contents for d in docs if d.id.startswith("kb-")]
@@ -211,6 +219,7 @@ def build_tiny_model(cfg: TinyModelConfig) -> Path:
         cfg.closed_book_drills,
         tool_demos=cfg.tool_demos,
         tool_demo_relations=cfg.tool_demo_relations,
+        tool_demo_subject_share=cfg.tool_demo_subject_share,
     )
     passages = [e for e in examples if e.kind == "passage"]
     wiki_cut = [
@@ -229,6 +238,7 @@ def build_tiny_model(cfg: TinyModelConfig) -> Path:
             "reading_drill",
             "copy",
             "tool_demo",
+            "decline",
         )
     }
     print(f"[tiny-model] data epoch: {counts}")
