@@ -70,6 +70,8 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
     summary["test_label"] = f"Test: {', '.join(cfg.test_files)}"
     if cfg.unseen_world_seed is not None:
         unseen = cfg.unseen_dir / "test.parquet"
+        if unseen.is_relative_to(REPO_ROOT):  # the published table names no machine's checkout
+            unseen = unseen.relative_to(REPO_ROOT)
         label = f"Unseen world (seed {cfg.unseen_world_seed}, no stage trained on it): {unseen}"
         summary["test_sets"] = {label: summarize(eval_results(root, "unseen", cfg.seeds))}
     summary["seconds"] = round(time.time() - start)
