@@ -40,9 +40,6 @@ class EmbeddingCache:
             with np.load(shard) as data:
                 self._rows.update(zip(map(bytes, data["keys"]), data["vectors"], strict=True))
 
-    def __len__(self) -> int:
-        return len(self._rows)
-
     def lookup(self, texts: list[str]) -> tuple[list[np.ndarray | None], list[int]]:
         """The cached vector of each text (None where absent) and the indices of the absent ones."""
         found = [self._rows.get(text_key(t)) for t in texts]
